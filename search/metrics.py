@@ -124,7 +124,7 @@ def fuse_flip(embeddings: np.ndarray, flipped_embeddings: np.ndarray) -> np.ndar
 
 
 def pair_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Compute the cosine similarity of each pair of rows ``pairs`` (P, 2) indexes in ``embeddings``."""
+    """Compute the cosine similarity for each row of ``pairs``, a (P, 2) array of indices into ``embeddings``."""
     embeddings = np.asarray(embeddings)
     pairs = np.asarray(pairs)
     if embeddings.ndim != 2:

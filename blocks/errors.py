@@ -26,5 +26,9 @@ class SpecError(BinaryFaceError, ValueError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+class SpecTypeError(SpecError, TypeError):
+    """A spec value has the wrong type (a string where an integer belongs, for example)."""
+
+
 class ConversionError(BinaryFaceError):
     """LCE conversion or interpreter allocation of a built model failed."""

@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
 import pytest
 
 SHARED_ENV = "BINARYFACE_SHARED"
@@ -20,3 +21,28 @@ def shared_dir() -> Path:
     if not (root / "data").is_dir():
         pytest.skip(f"shared data not found at {root} (set {SHARED_ENV} to its location)")
     return root
+
+
+def face_pattern(identity: int, index: int, height: int = 48, width: int = 48) -> np.ndarray:
+    """A uint8 RGB image whose colour depends on the identity and whose noise on the index."""
+    rng = np.random.default_rng(1000 * identity + index)
+    base = np.array([(37 * identity) % 200 + 30, (71 * identity) % 200 + 30, (113 * identity) % 200 + 30])
+    noise = rng.integers(-20, 21, size=(height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def make_face_folder(tmp_path: Path):
+    """Factory writing ``<tmp_path>/<name>/id<k>/<i>.<suffix>`` with ``counts[k]`` images per identity."""
+    from PIL import Image
+
+    def make(counts: list[int], *, name: str = "faces", size: tuple[int, int] = (48, 48), suffix: str = ".png") -> Path:
+        root = tmp_path / name
+        for identity, count in enumerate(counts):
+            folder = root / f"id{identity:02d}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                Image.fromarray(face_pattern(identity, index, *size)).save(folder / f"{index}{suffix}")
+        return root
+
+    return make

@@ -71,14 +71,16 @@ class Spec:
     """A validated network spec.
 
     ``shapes`` holds the inferred output shape ``(height, width, channels)`` of each block and
-    ``warnings`` the deployment warnings found while validating.
+    ``warnings`` the deployment warnings found while validating. ``source`` is the file the
+    spec was read from; like ``warnings`` it takes no part in equality, so a spec equals its
+    YAML round trip.
     """
 
     name: str
     input_shape: tuple[int, int, int]
     blocks: tuple[BlockSpec, ...]
     description: str = ""
-    source: str = ""
+    source: str = field(default="", compare=False)
     shapes: tuple[tuple[int, int, int], ...] = ()
     warnings: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 

@@ -147,7 +147,7 @@ def parse_spec(text: str, *, source: str = "") -> Spec:
         raise SpecError(f"invalid YAML: {getattr(error, 'problem', error)}", line=line, source=source) from error
     lines: dict[str, int] = {}
     if node is not None:
-        _record_lines(node, "", lines)
+        _record_lines(node, "", lines, source)
     return _Validator(lines, source).spec(data)
 
 
@@ -312,18 +312,28 @@ def _describe(annotation: Any) -> str:
     return f"{'an' if annotation.__name__[0] in 'aeiou' else 'a'} {annotation.__name__}"
 
 
-def _record_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> None:
+    """Record the line of every key path; raise ``SpecError`` on a repeated mapping key.
+
+    PyYAML keeps the last of two equal keys without a word, which would ignore a setting.
+    """
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        first_lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             child = f"{path}.{key_node.value}" if path else str(key_node.value)
-            lines[child] = key_node.start_mark.line + 1
-            _record_lines(value_node, child, lines)
+            line = key_node.start_mark.line + 1
+            if child in first_lines:
+                message = f"duplicate key {key_node.value!r} (first set on line {first_lines[child]}); remove one of them"
+                raise SpecError(message, child, line, source)
+            first_lines[child] = line
+            lines[child] = line
+            _record_lines(value_node, child, lines, source)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = f"{path}[{index}]"
             lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, lines)
+            _record_lines(item, child, lines, source)
 
 
 def _set_path(target: dict[str, Any], path: str, value: Any, full_path: str) -> None:

@@ -222,6 +222,9 @@ class _Validator:
             raise self.error(f"must be a mapping with a 'block' key, got {type(entry).__name__}", path)
         if "block" not in entry:
             raise self.error(f"missing required key 'block' (one of: {', '.join(list_blocks())})", path)
+        if not isinstance(entry["block"], str):
+            message = f"must be a block name (a string), got {type(entry['block']).__name__} {entry['block']!r}"
+            raise SpecTypeError(message, f"{path}.block", self._line(f"{path}.block"), self.source)
         try:
             definition = get_block(entry["block"])
         except ValueError as error:

@@ -119,7 +119,9 @@ def _check_bits(context: ShapeContext, bits: int, input_quantizer: Quantizer, ke
         if quantizer is None:
             continue
         name = quantizer.get("class_name") if isinstance(quantizer, dict) else quantizer
-        if name not in _QUANTIZER_NAMES and name not in _QUANTIZER_CLASSES:
+        if name is None:
+            raise ValueError(key, "a quantizer mapping needs a 'class_name' key, e.g. {class_name: DoReFa, k_bit: 2}")
+        if not isinstance(name, str) or (name not in _QUANTIZER_NAMES and name not in _QUANTIZER_CLASSES):
             known = ", ".join(sorted(_QUANTIZER_NAMES | _QUANTIZER_CLASSES))
             raise ValueError(key, f"unknown quantizer {name!r}; known: {known}")
     if bits == 1 and input_quantizer is not None and _quantizer_name(input_quantizer) not in _SIGN_INPUT_QUANTIZERS:

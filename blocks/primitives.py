@@ -629,7 +629,9 @@ def lfe(
 
 def _embedding_shape(shape: Shape, context: ShapeContext, **params: Any) -> Shape:
     quantizers = {key: params[key] for key in ("input_quantizer", "kernel_quantizer")}
-    common = dict(filters=params["filters"], groups=1, bits=params["bits"], quantized=params["bits"] != 32, **quantizers)
+    # A quantizer named at 32 bits still makes a QuantConv2D, so it is validated too.
+    quantized = params["bits"] != 32 or any(value is not None for value in quantizers.values())
+    common = dict(filters=params["filters"], groups=1, bits=params["bits"], quantized=quantized, **quantizers)
     reduced = _check_conv(
         context, shape, kernel_size=params["kernel_size"], strides=params["strides"], padding="valid", **common
     )

@@ -27,6 +27,7 @@ __all__ = [
 
 _SIGN_INPUT = {"SteSign", "ApproxSign", "SwishSign"}
 _BINARY_KERNEL = {"SteSign", "ApproxSign", "SwishSign", "MagnitudeAwareSign"}
+_NO_BINARY_KERNEL = {"QuantDepthwiseConv2D", "QuantSeparableConv2D"}
 _INTERPRETER_OPTIONS = {
     "default": {},
     "indirect_bgemm": {"use_indirect_bgemm": True},
@@ -198,7 +199,7 @@ def _read_flatbuffer(flatbuffer: bytes) -> tuple[Counter, list[dict[str, Any]]]:
     return op_counts, kernels
 
 
-def _declared_binary_layers(model: Any, stats: dict[str, Any]) -> list[tuple[str, tuple, tuple[Any, int]]]:
+def _declared_binary_layers(model: Any, stats: dict[str, Any]) -> list[tuple[str, tuple | None, tuple[Any, int]]]:
     """Return (name, signature, (layer, binary MACs)) for each layer larq counts as 1-bit."""
     declared = []
     for layer in _leaf_layers(model):
@@ -211,7 +212,12 @@ def _declared_binary_layers(model: Any, stats: dict[str, Any]) -> list[tuple[str
         channels_in = int(layer.input_shape[-1])
         kernel = tuple(int(v) for v in config.get("kernel_size", (1, 1)))
         strides = tuple(int(v) for v in config.get("strides", (1, 1)))
-        declared.append((layer.name, (output_shape, kernel, channels_in, groups, strides), (layer, layer_stats.binary_macs)))
+        signature = (output_shape, kernel, channels_in, groups, strides)
+        # LCE has no binary depthwise or separable kernel. A 1x1 one has the signature of the
+        # 1x1 conv beside it, so it must not take that conv's LceBconv2d.
+        if type(layer).__name__ in _NO_BINARY_KERNEL:
+            signature = None
+        declared.append((layer.name, signature, (layer, layer_stats.binary_macs)))
     return declared
 
 

@@ -123,7 +123,12 @@ class Spec:
                 known = ", ".join(by_name)
                 raise SpecError(f"parameter path must be '<block name>.<key>' with a block among: {known}", path)
             _set_path(by_name[block_name], rest, value, path)
-        return parse_spec(yaml.safe_dump(data, sort_keys=False), source=self.source)
+        try:
+            return parse_spec(yaml.safe_dump(data, sort_keys=False), source=self.source)
+        except SpecError as error:
+            # Line numbers of the regenerated YAML would point into the wrong text of the source file.
+            message = f"{error.message} (after setting {', '.join(params)})"
+            raise type(error)(message, error.path, None, self.source) from error
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -63,7 +63,13 @@ def inspect_spec(spec: Spec, *, weights: str | Path | None = None) -> Inspection
 
     model = build_model(spec)
     if weights is not None:
-        model.load_weights(str(weights))
+        import tensorflow as tf
+
+        try:
+            model.load_weights(str(weights))
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BinaryFaceError(f"cannot load weights {weights} into spec {spec.name!r}: {cause}") from error
     stats = model_stats(model)
     flatbuffer, messages = convert_model(model)
     audit = audit_flatbuffer(flatbuffer, model, messages=messages)

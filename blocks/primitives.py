@@ -13,12 +13,14 @@ TensorFlow is imported only when a block is built, so that specs validate withou
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from blocks.registry import ShapeContext, register_block
 
-__all__ = ["Quantizer", "THESIS_REDUCTION"]
+__all__ = ["Quantizer", "THESIS_REDUCTION", "split_groups"]
 
 Quantizer = str | dict[str, Any] | None
 Shape = tuple[int, int, int]
@@ -78,6 +80,7 @@ def _check_conv(
     groups: int,
     bits: int,
     prefix: str = "",
+    bits_key: str = "bits",
     input_quantizer: Quantizer = None,
     kernel_quantizer: Quantizer = None,
     quantized: bool = True,
@@ -97,7 +100,7 @@ def _check_conv(
             f"groups={groups} must divide the input channels ({channels}) and filters ({filters})",
         )
     if quantized:
-        _check_bits(context, bits, input_quantizer, kernel_quantizer, prefix)
+        _check_bits(context, bits, input_quantizer, kernel_quantizer, bits_key)
         if _is_binary(bits, input_quantizer) and groups > 1 and (channels // groups) % 32:
             context.warn(
                 prefix + "groups",
@@ -111,9 +114,9 @@ def _check_conv(
     )
 
 
-def _check_bits(context: ShapeContext, bits: int, input_quantizer: Quantizer, kernel_quantizer: Quantizer, prefix: str) -> None:
+def _check_bits(context: ShapeContext, bits: int, input_quantizer: Quantizer, kernel_quantizer: Quantizer, bits_key: str) -> None:
     if not (1 <= bits <= 8 or bits == 32):
-        raise ValueError(prefix + "bits", f"must be 1 (binary), 2-8 (DoReFa k-bit) or 32 (float), got {bits}")
+        raise ValueError(bits_key, f"must be 1 (binary), 2-8 (DoReFa k-bit) or 32 (float), got {bits}")
     # Quantizer keys belong to the whole block, so their paths carry no prefix.
     for key, quantizer in (("input_quantizer", input_quantizer), ("kernel_quantizer", kernel_quantizer)):
         if quantizer is None:
@@ -149,6 +152,55 @@ def _modules() -> tuple[Any, Any]:
     import tensorflow as tf
 
     return tf, lq
+
+
+# When set, grouped QuantConv2D layers run one convolution per group (see ``split_groups``).
+_SPLIT_GROUPS = contextvars.ContextVar("split_groups", default=False)
+
+
+@contextlib.contextmanager
+def split_groups(enabled: bool = True) -> Iterator[None]:
+    """Build grouped quantized convs that run as one convolution per group while active.
+
+    The result is the same function with the same weights, but TensorFlow 2.16 runs a grouped
+    convolution on the CPU through an XLA-compiled path that trained BinaryFaceNet about 10x
+    slower than split convolutions (measured on a 2-core x86 host). LCE converts the split form
+    into separate ops, so convert a model built without it (``model.set_weights`` copies the
+    weights across, layer for layer).
+    """
+    token = _SPLIT_GROUPS.set(enabled)
+    try:
+        yield
+    finally:
+        _SPLIT_GROUPS.reset(token)
+
+
+def _split_group_conv_class() -> Any:
+    global _SPLIT_GROUP_CONV
+    if _SPLIT_GROUP_CONV is None:
+        tf, lq = _modules()
+
+        class SplitGroupQuantConv2D(lq.layers.QuantConv2D):
+            """QuantConv2D that computes a grouped convolution as one convolution per group."""
+
+            def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+                if self.groups == 1:
+                    return super().convolution_op(inputs, kernel)
+                padding = self.padding.upper()
+                outputs = [
+                    tf.nn.convolution(part, weights, strides=list(self.strides), padding=padding)
+                    for part, weights in zip(tf.split(inputs, self.groups, axis=-1), tf.split(kernel, self.groups, axis=-1))
+                ]
+                return tf.concat(outputs, axis=-1)
+
+            def _jit_compiled_convolution_op(self, inputs: Any, kernel: Any) -> Any:
+                return self.convolution_op(inputs, kernel)
+
+        _SPLIT_GROUP_CONV = SplitGroupQuantConv2D
+    return _SPLIT_GROUP_CONV
+
+
+_SPLIT_GROUP_CONV: Any = None
 
 
 def _quantizer(quantizer: Quantizer) -> Any:
@@ -208,7 +260,8 @@ def _conv(
         return layer(x)
 
     input_q, kernel_q, constraint = _quantizers(bits, input_quantizer, kernel_quantizer)
-    layer = lq.layers.QuantConv2D(
+    conv_class = _split_group_conv_class() if groups > 1 and _SPLIT_GROUPS.get() else lq.layers.QuantConv2D
+    layer = conv_class(
         filters,
         kernel_size,
         strides=strides,
@@ -426,7 +479,8 @@ def _head_shape(shape: Shape, context: ShapeContext, **params: Any) -> Shape:
     quantizers = {key: params[key] for key in ("input_quantizer", "kernel_quantizer")}
     expanded = _check_conv(
         context, shape, filters=filters, kernel_size=1, strides=1, padding="same", groups=1,
-        bits=params["expansion_bits"], prefix="expansion_", quantized=params["expansion_bits"] != 32,
+        bits=params["expansion_bits"], prefix="expansion_", bits_key="expansion_bits",
+        quantized=params["expansion_bits"] != 32,
     )
 
     if not params["reduction"]:
@@ -520,7 +574,7 @@ def _mixing_check(context: ShapeContext, shape: Shape, params: dict[str, Any], t
             input_quantizer=params["input_quantizer"], kernel_quantizer=params["kernel_quantizer"],
         )
     elif params["bits"] != 32:
-        _check_bits(context, params["bits"], params["input_quantizer"], params["kernel_quantizer"], "")
+        _check_bits(context, params["bits"], params["input_quantizer"], params["kernel_quantizer"], "bits")
         if params["bits"] == 1:
             context.warn(
                 "mixing",

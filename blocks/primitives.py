@@ -86,7 +86,10 @@ def _check_conv(
     quantized: bool = True,
 ) -> Shape:
     height, width, channels = shape
-    for key, value in (("filters", filters), ("kernel_size", kernel_size), ("strides", strides), ("groups", groups)):
+    # Every layer of a block takes its width from the block's one 'filters' key.
+    if filters <= 0:
+        raise ValueError("filters", f"must be positive, got {filters}")
+    for key, value in (("kernel_size", kernel_size), ("strides", strides), ("groups", groups)):
         if value <= 0:
             raise ValueError(prefix + key, f"must be positive, got {value}")
     if padding == "valid" and (kernel_size > height or kernel_size > width):
@@ -178,19 +181,21 @@ def split_groups(enabled: bool = True) -> Iterator[None]:
 def _split_group_conv_class() -> Any:
     global _SPLIT_GROUP_CONV
     if _SPLIT_GROUP_CONV is None:
-        tf, lq = _modules()
+        _, lq = _modules()
 
         class SplitGroupQuantConv2D(lq.layers.QuantConv2D):
             """QuantConv2D that computes a grouped convolution as one convolution per group."""
 
             def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-                if self.groups == 1:
-                    return super().convolution_op(inputs, kernel)
-                padding = self.padding.upper()
-                outputs = [
-                    tf.nn.convolution(part, weights, strides=list(self.strides), padding=padding)
-                    for part, weights in zip(tf.split(inputs, self.groups, axis=-1), tf.split(kernel, self.groups, axis=-1))
-                ]
+                import tensorflow as tf
+
+                parts = tf.split(inputs, self.groups, axis=-1)
+                kernels = tf.split(kernel, self.groups, axis=-1)
+                outputs = []
+                for index in range(self.groups):
+                    outputs.append(
+                        tf.nn.convolution(parts[index], kernels[index], strides=list(self.strides), padding=self.padding.upper())
+                    )
                 return tf.concat(outputs, axis=-1)
 
             def _jit_compiled_convolution_op(self, inputs: Any, kernel: Any) -> Any:

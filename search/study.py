@@ -223,10 +223,9 @@ class _Objective:
             )
             return self._prune(trial, f"{PRUNED_OVER_BUDGET}: {latency:.2f} ms > {self.config.budget_ms:g} ms", quiet=True)
 
-        accuracy = self._train_and_evaluate(trial, model)
+        accuracy = self._train_and_evaluate(trial, spec, model)
         models = self.config.out / "models"
         models.mkdir(exist_ok=True)
-        (models / f"{name}.tflite").write_bytes(flatbuffer)
         model.save_weights(str(models / f"{name}.weights.h5"))
         trial.set_user_attr("weights", str(models / f"{name}.weights.h5"))
         return accuracy
@@ -263,27 +262,34 @@ class _Objective:
         trial.set_user_attr("latency", _plain(latency.to_dict()))
         return float(latency.median_ms)
 
-    def _train_and_evaluate(self, trial: Any, model: Any) -> float:
+    def _train_and_evaluate(self, trial: Any, spec: Any, model: Any) -> float:
+        """Train a copy of ``model`` whose grouped convs run split, then copy the weights back."""
         import optuna
 
+        from blocks.build import build_model
+        from blocks.primitives import split_groups
         from search.train import train_arcface
 
         data = self.data
         started = time.monotonic()
+        with split_groups():
+            training_model = build_model(spec, seed=self.config.seed)
+        training_model.set_weights(model.get_weights())
 
         def report(epoch: int, loss: float) -> None:
             trial.set_user_attr("train_loss", loss)
             if self.config.train.epochs > 1 and epoch + 1 < self.config.train.epochs:
-                accuracy = self._evaluate(model)[0]
+                accuracy = self._evaluate(training_model)[0]
                 trial.report(accuracy, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
 
         train_arcface(
-            model, data.train_images, data.train_labels, data.n_classes, self.config.train,
+            training_model, data.train_images, data.train_labels, data.n_classes, self.config.train,
             on_epoch_end=report, progress=self.config.progress,
         )
-        accuracy, result = self._evaluate(model)
+        model.set_weights(training_model.get_weights())
+        accuracy, result = self._evaluate(training_model)
         trial.set_user_attr("accuracy_std", result.std)
         trial.set_user_attr("auc", result.auc)
         trial.set_user_attr("train_seconds", time.monotonic() - started)

@@ -356,7 +356,11 @@ class SSHTarget(Target):
             return self._client
         self._drop_connection()
         self._client = self._connect()
-        self._probe()
+        try:
+            self._probe()
+        except BaseException:
+            self._drop_connection()
+            raise
         self._remove_stale_dirs()
         return self._client
 

@@ -46,3 +46,7 @@ def make_face_folder(tmp_path: Path):
         return root
 
     return make
+
+
+# Target fixtures (tiny LCE models, a loopback sshd, device files), defined once per session.
+from conftest_sshd import device_file, fake_benchmark_binary, sshd_server, tiny_models, user_key  # noqa: E402, F401

@@ -17,6 +17,7 @@ import io
 import itertools
 import logging
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pnm"})
 LFW_PAIRS_FILE = "pairsDevTest.txt"
 LFW_PEOPLE_FILE = "peopleDevTrain.txt"
 PROTOCOLS = ("lfw-view1", "identity-split")
+PAIR_ORDERS = ("balanced", "file")
 N_FOLDS = 10  # verification folds, so pairs are laid out with each contiguous tenth balanced
 MIN_PAIRS = N_FOLDS
 LOAD_CHUNK = 256  # images decoded and aligned together, which bounds memory for large photos
@@ -90,6 +92,7 @@ class FaceSet:
     index ``eval_images``, whose identities are ``eval_labels`` into ``eval_identities``.
     Pairs are ordered so that each contiguous tenth contains as many genuine as impostor pairs
     (within one), the layout that 10-fold verification with contiguous folds expects.
+    With ``pair_order="file"`` they keep the pair list's order instead.
     ``skipped`` counts unusable files and pairs by reason; ``single image identity`` counts
     evaluation identities that could give no genuine pair.
     """
@@ -255,6 +258,7 @@ class _ImageLoader:
         """Return crops of the usable files and a boolean mask of which ``paths`` they are."""
         from tqdm import tqdm
 
+        started = time.perf_counter()
         crops = np.empty((len(paths), self.image_size, self.image_size, 3), dtype=np.uint8)
         usable = np.zeros(len(paths), dtype=bool)
         show = self.progress and sys.stderr.isatty() and self.align != "none" and len(paths) > LOAD_CHUNK
@@ -263,6 +267,8 @@ class _ImageLoader:
                 indices = range(start, min(start + LOAD_CHUNK, len(paths)))
                 self._load_chunk(paths, indices, crops, usable)
                 bar.update(len(indices))
+        # Reading and decoding count too, so images/s is that of the whole load.
+        self.stats.seconds += time.perf_counter() - started
         return crops[usable], usable
 
     def _load_chunk(self, paths: Sequence[Path], indices: range, crops: np.ndarray, usable: np.ndarray) -> None:
@@ -313,6 +319,7 @@ class _ImageLoader:
         )
         crops[targets] = aligned
         usable[targets] = True
+        stats.seconds = 0.0  # load() times the whole chunk, cache hits and decoding included
         self.stats.add(stats)
 
 
@@ -344,6 +351,7 @@ def load_face_folder(
     load_train: bool = True,
     min_image_size: int = 16,
     n_pairs: int = 6000,
+    pair_order: str = "balanced",
     detector: MtcnnDetector | None = None,
 ) -> FaceSet:
     """Load a folder of identity subfolders as aligned training images and evaluation pairs.
@@ -365,6 +373,10 @@ def load_face_folder(
         min_image_size: shorter side in pixels below which an image is skipped as too small.
         n_pairs: maximum number of generated pairs (half genuine, half impostor) for the
             identity split.
+        pair_order: ``"balanced"`` lays the pairs out so that each contiguous tenth has as
+            many genuine as impostor pairs, as the folds of LFW's View 2 list do. ``"file"``
+            keeps the list's order (LFW's ``pairsDevTest.txt`` has its 500 matched pairs
+            first), or genuine pairs first for generated pairs.
         detector: MTCNN detector to reuse; a new one by default.
 
     Raises:
@@ -376,6 +388,8 @@ def load_face_folder(
         raise DataError(f"unknown align mode {align!r}; expected one of {list(ALIGN_MODES)}")
     if protocol not in ("auto", *PROTOCOLS):
         raise DataError(f"unknown protocol {protocol!r}; expected 'auto' or one of {list(PROTOCOLS)}")
+    if pair_order not in PAIR_ORDERS:
+        raise DataError(f"unknown pair order {pair_order!r}; expected one of {list(PAIR_ORDERS)}")
     if not 0.0 < eval_fraction <= 1.0:
         raise DataError(f"eval_fraction must lie in (0, 1], got {eval_fraction}")
     if not root.is_dir():
@@ -416,6 +430,10 @@ def load_face_folder(
             root, identities, loader, rng, eval_fraction=eval_fraction, load_train=load_train, n_pairs=n_pairs
         )
 
+    if pair_order == "balanced":
+        order = _balanced_order(face_set.issame)
+        face_set.pairs = face_set.pairs[order]
+        face_set.issame = face_set.issame[order]
     face_set = _limit_train_identities(face_set, max_train_identities, rng)
     face_set.skipped = {reason: count for reason, count in sorted(skipped.items()) if count}
     face_set.alignment = loader.stats
@@ -459,7 +477,6 @@ def _load_lfw_view1(
     pairs = np.array([(first, second) for first, second, _ in usable_pairs], dtype=np.int64).reshape(-1, 2)
     issame = np.array([same for _, _, same in usable_pairs], dtype=bool)
     _check_pairs(issame, root)
-    order = _balanced_order(issame)
 
     eval_people = sorted({name.split("/")[0] for name in loaded})
     person_index = {person: index for index, person in enumerate(eval_people)}
@@ -471,8 +488,8 @@ def _load_lfw_view1(
         train_labels=train_labels,
         n_classes=len(train_kept),
         eval_images=eval_images,
-        pairs=pairs[order],
-        issame=issame[order],
+        pairs=pairs,
+        issame=issame,
         protocol="lfw-view1",
         root=root,
         eval_labels=eval_labels,
@@ -574,7 +591,7 @@ def _load_identity_split(
 
 
 def _generate_pairs(labels: np.ndarray, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw equal numbers of distinct genuine and impostor pairs and order them fold-balanced."""
+    """Draw equal numbers of distinct genuine and impostor pairs, genuine pairs first."""
     members: dict[int, list[int]] = defaultdict(list)
     for index, label in enumerate(labels.tolist()):
         members[label].append(index)
@@ -591,8 +608,7 @@ def _generate_pairs(labels: np.ndarray, rng: np.random.Generator, n_pairs: int) 
 
     pairs = np.array(genuine_pairs + impostor_pairs, dtype=np.int64)
     issame = np.array([True] * n_each + [False] * n_each)
-    order = _balanced_order(issame)
-    return pairs[order], issame[order]
+    return pairs, issame
 
 
 def _draw_impostors(labels: np.ndarray, rng: np.random.Generator, count: int, available: int) -> list[tuple[int, int]]:

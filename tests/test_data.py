@@ -261,6 +261,16 @@ def test_lfw_view1_protocol(tmp_path: Path) -> None:
         assert 0 < block.sum() < len(block)
 
 
+def test_lfw_view1_file_order(tmp_path: Path) -> None:
+    face_set = load_face_folder(write_mini_lfw(tmp_path), align="none", progress=False, pair_order="file")
+    assert face_set.issame.tolist() == [True] * 12 + [False] * 12
+
+
+def test_unknown_pair_order(make_face_folder) -> None:
+    with pytest.raises(DataError, match=r"unknown pair order 'random'; expected one of \['balanced', 'file'\]"):
+        load_face_folder(make_face_folder([2, 2]), pair_order="random")
+
+
 def test_lfw_view1_missing_image_drops_pairs(tmp_path: Path) -> None:
     root = write_mini_lfw(tmp_path, missing="Person_00/Person_00_0001.jpg")
     face_set = load_face_folder(root, align="none", progress=False)

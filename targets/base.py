@@ -31,8 +31,8 @@ class TargetError(BinaryFaceError):
     """Root of the errors a latency target raises.
 
     A bare `TargetError` means one measurement failed for a reason that is neither the
-    model's nor the connection's fault (for example a benchmark that exited with an
-    unexpected status); the trial fails and the search goes on.
+    model's nor the connection's fault, for example a benchmark that exited with an
+    unexpected status. The trial fails and the search goes on.
     """
 
 
@@ -48,7 +48,7 @@ class TargetUnavailable(TargetError):
     """The target cannot be reached or is misconfigured, so no model can be measured on it.
 
     Raised for an authentication failure, an unknown or changed host key, a missing
-    benchmark binary or an invalid device file. The message is one line that says what to
+    benchmark binary or an invalid device file. The message is one line that names the
     fix. A search stops on this error.
     """
 
@@ -88,8 +88,8 @@ class Latency:
         max_ms: slowest timed run.
         runs: number of timed runs behind the statistics.
         warmup: number of warm-up runs made before the timed runs.
-        first_ms: first inference after loading the model, when the target knows it.
-        init_ms: loading the model and allocating its tensors, when the target knows it.
+        first_ms: first inference after loading the model, when the target measures it.
+        init_ms: loading the model and allocating its tensors, when the target measures it.
         median_from: ``"samples"`` (median of ``samples_ms``), ``"rounds"`` (the minimum of
             per-round medians, see ``round_medians_ms``), ``"reported"`` (the median the
             benchmark tool printed) or ``"avg"`` (only the mean was known, so

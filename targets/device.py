@@ -77,7 +77,7 @@ class ConnectionSettings:
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkSettings:
-    """What runs on the board and how often (section ``benchmark``)."""
+    """Benchmark program, run counts and remote paths (section ``benchmark``)."""
 
     mode: str = "binary"
     command: str = "lce_benchmark_model"

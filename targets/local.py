@@ -48,8 +48,8 @@ OPTION_KEYS = ("use_reference_bconv", "use_indirect_bgemm", "use_xnnpack")
 OPTION_CHOICES = ("fastest", "default")
 
 # Loads and runs the model once per option set in a child process. LCE's interpreter does
-# not verify the flatbuffer, so a malformed model can crash the process (SIGSEGV on a
-# truncated file with LCE 0.16); here a crash costs the child, not the caller.
+# not verify the flatbuffer, so a malformed model can crash the process: LCE 0.16 dies with
+# SIGSEGV on a truncated file. Here a crash ends the child, not the caller.
 _PREFLIGHT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -88,7 +88,7 @@ def _native_stderr() -> Iterator[list[str]]:
     """Capture what native code writes to file descriptor 2; the text lands in the yielded list.
 
     LCE reports the cause of an allocation failure (``Grouped binary convolutions are not
-    supported with this kernel``) only on stderr, while the Python exception says just
+    supported with this kernel``) only on stderr, while the Python exception reports only
     that ``AllocateTensors()`` failed. Other threads writing to stderr meanwhile are
     captured too.
     """
@@ -166,10 +166,11 @@ class LocalTarget(Target):
 
     Args:
         num_threads: interpreter threads; 1 matches a single pinned core on a board.
-        options: ``"fastest"`` tries `OPTION_SETS`, keeps the sets whose output on a
-            fixed random input agrees with a reference set within ``rtol`` (the default
-            options when they allocate, else indirect BGEMM without XNNPACK), times each
-            for ``selection_runs`` interleaved runs and measures with the fastest.
+        options: ``"fastest"`` tries every set in `OPTION_SETS` and keeps those whose
+            output on a fixed random input agrees with a reference set within ``rtol``.
+            The reference is the default options when they allocate, else indirect BGEMM
+            without XNNPACK. Each kept set is timed for ``selection_runs`` interleaved
+            runs, and the fastest is measured.
             ``"default"`` uses the interpreter's defaults. A dict such as
             ``{"use_indirect_bgemm": True}`` forces those options.
         warmup_runs: untimed runs before the timed rounds.

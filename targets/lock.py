@@ -1,7 +1,7 @@
 """Locks that keep two workers from measuring on one board at the same time.
 
 `DeviceLock` serialises processes on this machine with an ``fcntl`` lock on a file keyed by
-``host:port``; the kernel releases it when its holder exits, even after a crash.
+``host:port``. The kernel releases it when its holder exits, even after a crash.
 `RemoteLock` serialises workers on different machines with an atomic ``mkdir`` of a lock
 directory on the board; a crashed holder leaves it behind, so it counts as stale after a
 configurable age.
@@ -129,9 +129,8 @@ RemoteRunner = Callable[[str], tuple[int, str, str]]
 class RemoteLock:
     """A lock directory on the board, created with ``mkdir`` (atomic on POSIX file systems).
 
-    The directory holds a file ``owner`` with the holder's token; the same token
-    re-acquires it, which lets a worker that reconnects after a dropped connection carry
-    on. A lock older than ``stale_s`` (by the directory's modification time) is taken
+    The directory contains a file ``owner`` with the holder's token. The same token
+    re-acquires it, so a worker that reconnects after a dropped connection carries on. A lock older than ``stale_s`` (by the directory's modification time) is taken
     over with a warning, so a crashed holder blocks others for at most ``stale_s``.
     The age check uses GNU ``stat -c %Y`` on the board.
     """

@@ -61,7 +61,7 @@ class RunStats:
 
 @dataclasses.dataclass
 class BenchmarkOutput:
-    """What `parse_benchmark_output` found; every time is in microseconds, None when absent."""
+    """Statistics found by `parse_benchmark_output`, in microseconds; None when absent."""
 
     warmup: RunStats | None = None
     inference: RunStats | None = None
@@ -105,7 +105,7 @@ def parse_benchmark_output(text: str) -> BenchmarkOutput:
     """Parse the output of ``benchmark_model``, ``lce_benchmark_model`` or this runner.
 
     Each ``Running benchmark for at least ...`` line opens a phase (warm-up first, then the
-    timed runs) and the first ``count=`` line after it holds that phase's statistics; later
+    timed runs) and the first ``count=`` line after it contains that phase's statistics; later
     ``count=`` lines, such as the op profiler's, are ignored. Output without those headers
     falls back to the first two ``count=`` lines. Lines may carry an ``INFO:`` prefix.
     """

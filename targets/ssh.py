@@ -1,7 +1,7 @@
 """Latency on a board reached over SSH (paramiko), such as a Jetson Nano.
 
-For each model the agent takes the device lock, uploads the flatbuffer with SFTP into a
-fresh directory under the board's work directory, runs ``lce_benchmark_model`` (or the
+For each model the agent takes the device lock and uploads the flatbuffer with SFTP into a
+fresh directory under the board's work directory. It runs ``lce_benchmark_model`` (or the
 uploaded `targets.runner`) under ``timeout`` and optionally ``taskset``, parses its output,
 reads clocks and temperatures before and after, and removes its files. The connection is
 opened on first use and reused until `SSHTarget.close`.
@@ -72,8 +72,8 @@ class CommandResult:
     def tail(self, lines: int = 8) -> str:
         """Return the last ``lines`` non-empty lines of stderr (else stdout), joined with ' | '."""
         text = self.stderr if self.stderr.strip() else self.stdout
-        kept = [line.strip() for line in text.splitlines() if line.strip()]
-        return " | ".join(kept[-lines:])
+        nonempty = [line.strip() for line in text.splitlines() if line.strip()]
+        return " | ".join(nonempty[-lines:])
 
 
 class _CommandTimeout(Exception):
@@ -124,7 +124,7 @@ class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
 
 @dataclasses.dataclass(frozen=True)
 class _Endpoint:
-    """Where to connect after applying the ssh config file."""
+    """Connection address and credentials after applying the ssh config file."""
 
     alias: str
     hostname: str
@@ -182,10 +182,10 @@ def throttle_reason(
         zone, hottest = max(temperatures.items(), key=lambda item: item[1])
         if hottest > temperature_limit_c:
             reasons.append(f"{zone} at {hottest:.1f} °C is above the limit of {temperature_limit_c:g} °C")
-    wanted = None if cpus is None else {f"cpu{cpu}" for cpu in cpus}
+    checked = None if cpus is None else {f"cpu{cpu}" for cpu in cpus}
     for cpu, clock_before in before.get("cpu_khz", {}).items():
         clock_after = after.get("cpu_khz", {}).get(cpu)
-        if clock_after is None or (wanted is not None and cpu not in wanted):
+        if clock_after is None or (checked is not None and cpu not in checked):
             continue
         if clock_after < clock_before * (1.0 - clock_drop_tolerance):
             reasons.append(f"{cpu} clock fell from {clock_before} to {clock_after} kHz")

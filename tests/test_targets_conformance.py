@@ -86,7 +86,8 @@ def test_record_is_json_ready(case: tuple[Target, int], tiny_models: dict[str, A
     assert record["target"]["cpu"]
     assert record["options"]["num_threads"] == 1
     assert set(record["board_state"]) >= {"before", "after"}
-    assert latency.started_at is not None and latency.finished_at is not None
+    assert latency.started_at is not None
+    assert latency.finished_at is not None
     assert latency.started_at <= latency.finished_at
 
 

@@ -37,7 +37,8 @@ INFO: Note: as the benchmark tool itself affects memory footprint, the following
 def test_parse_upstream_output() -> None:
     parsed = parse_benchmark_output(UPSTREAM_OUTPUT)
 
-    assert parsed.warmup is not None and parsed.inference is not None
+    assert parsed.warmup is not None
+    assert parsed.inference is not None
     assert parsed.warmup.count == 9
     assert parsed.inference.count == 50
     assert parsed.inference.min == 49088
@@ -60,7 +61,8 @@ def test_parse_without_prefix_and_with_percentiles() -> None:
     )
     parsed = parse_benchmark_output(text)
 
-    assert parsed.warmup is not None and parsed.inference is not None
+    assert parsed.warmup is not None
+    assert parsed.inference is not None
     assert parsed.warmup.count == 1
     assert parsed.warmup.first == 90000
     assert parsed.inference.median == 5050
@@ -75,7 +77,8 @@ def test_parse_all_same_and_empty_phase() -> None:
     )
     parsed = parse_benchmark_output(text)
 
-    assert parsed.warmup is not None and parsed.inference is not None
+    assert parsed.warmup is not None
+    assert parsed.inference is not None
     assert parsed.warmup.count == 0
     assert parsed.inference.count == 3
     assert parsed.inference.min == parsed.inference.max == parsed.inference.median == 700
@@ -97,7 +100,8 @@ def test_parse_ignores_op_profiler_stats() -> None:
 def test_parse_without_headers_uses_first_two_lines() -> None:
     parsed = parse_benchmark_output("count=2 first=5 curr=6 min=5 max=6 avg=5.5 std=0\ncount=4 first=3 curr=3 min=2 max=4 avg=3 std=1\n")
 
-    assert parsed.warmup is not None and parsed.inference is not None
+    assert parsed.warmup is not None
+    assert parsed.inference is not None
     assert parsed.warmup.count == 2
     assert parsed.inference.count == 4
 
@@ -162,11 +166,13 @@ def test_runner_cli_counts_runs(tiny_models: dict[str, Any]) -> None:
     parsed = parse_benchmark_output(result.stdout)
 
     assert result.returncode == 0, result.stderr
-    assert parsed.warmup is not None and parsed.inference is not None
+    assert parsed.warmup is not None
+    assert parsed.inference is not None
     assert parsed.warmup.count == 3
     assert parsed.inference.count == 7
     assert parsed.inference.median is not None
-    assert parsed.init_us is not None and parsed.init_us > 0
+    assert parsed.init_us is not None
+    assert parsed.init_us > 0
     assert "Unconsumed cmdline flags: --unknown_flag=1" in result.stderr
     assert "Use xnnpack: [1]" in result.stdout
 

@@ -7,11 +7,13 @@ killed (with every process it started) and started again on the same port.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,14 @@ def generate_key(path: Path) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return path
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when the thread that started it ends."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _descendants(root_pid: int) -> list[int]:
@@ -127,8 +137,13 @@ class SSHServer:
         check = subprocess.run([str(SSHD), "-t", "-f", str(self.config)], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"sshd rejects {self.config}: {check.stderr.strip()}")
+        # Tied to the main thread, so that a crashed test run leaves no sshd behind. A server
+        # started from a helper thread would die with that thread, so it is not tied.
+        tie = _die_with_parent if threading.current_thread() is threading.main_thread() else None
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)], stderr=log)
+            self.process = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(self.config)], stderr=log, preexec_fn=tie
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

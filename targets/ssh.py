@@ -37,7 +37,7 @@ from targets.base import (
     is_tflite_flatbuffer,
 )
 from targets.device import DeviceConfig, load_device, parse_cpu_list
-from targets.lock import DeviceLock, RemoteLock, lock_owner_token
+from targets.lock import DeviceLock, LockTimeout, RemoteLock, lock_owner_token
 
 __all__ = ["CommandResult", "SSHTarget", "parse_board_state", "throttle_reason"]
 
@@ -110,8 +110,10 @@ class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        existing = self.known_hosts.read_bytes() if self.known_hosts.is_file() else b""
+        separator = "\n" if existing and not existing.endswith(b"\n") else ""
         with open(self.known_hosts, "a", encoding="utf-8") as known_hosts:
-            known_hosts.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            known_hosts.write(f"{separator}{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
         logger.warning(
             "accepted the new %s host key %s of %s and added it to %s (host_key_policy: accept-new)",
@@ -836,6 +838,9 @@ class SSHTarget(Target):
                 try:
                     latency = self._measure_once(flatbuffer, name)
                     break
+                except LockTimeout:
+                    # Waiting lock_timeout_s again would only repeat the same wait.
+                    raise
                 except TransientTargetError as error:
                     if attempt >= retry.retries:
                         raise TransientTargetError(

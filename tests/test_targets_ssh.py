@@ -19,6 +19,7 @@ from conftest_sshd import DeviceFactory
 from sshd import SSHServer
 from targets import BenchmarkTimeout, ModelRejected, TargetUnavailable, TransientTargetError, get_target
 from targets.device import load_device
+from targets.lock import LockTimeout
 from targets.ssh import SSHTarget, parse_board_state, throttle_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -464,3 +465,17 @@ def test_jetson_nano_example_builds_without_connecting() -> None:
     assert target.config.benchmark.taskset == "0"
     assert target._client is None
     target.close()
+
+
+def test_board_lock_timeout_not_retried(device_file: DeviceFactory, tiny_models: dict[str, Any]) -> None:
+    device = device_file(lock={"lock_timeout_s": 1.0}, retry={"retries": 3, "backoff_s": 0.1})
+    foreign = work_dir_of(device) / ".lock"
+    foreign.mkdir(parents=True)
+    (foreign / "owner").write_text("other-machine:42:abcd")
+
+    begin = time.monotonic()
+    with get_target(str(device)) as target:
+        with pytest.raises(LockTimeout, match="board lock .* held by other-machine:42:abcd"):
+            target.measure(tiny_models["binary"])
+    assert time.monotonic() - begin < 10
+    assert (foreign / "owner").read_text() == "other-machine:42:abcd"

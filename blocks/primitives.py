@@ -284,8 +284,15 @@ def _conv(
 
 
 def _prelu(x: Any, name: str) -> Any:
+    """Apply PReLU with one slope per channel, initialised to 0.25.
+
+    Keras' default slope of 0 makes PReLU a ReLU at initialisation. Its non-negative output
+    then binarizes to all +1 under sign quantizers (which map 0 to +1), so every following
+    binary conv would start blind. Loaded weights replace the initial slopes.
+    """
     tf, _ = _modules()
-    return tf.keras.layers.PReLU(shared_axes=[1, 2], name=name)(x)
+    slope = tf.keras.initializers.Constant(0.25)
+    return tf.keras.layers.PReLU(alpha_initializer=slope, shared_axes=[1, 2], name=name)(x)
 
 
 def _batch_norm(x: Any, name: str) -> Any:

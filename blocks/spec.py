@@ -351,15 +351,17 @@ def _set_path(target: dict[str, Any], path: str, value: Any, full_path: str) -> 
         last = position == len(parts) - 1
         if part.startswith("["):
             index = int(part[1:-1])
-            if not isinstance(current, list) or index >= len(current):
-                raise SpecError("index out of range or not a list", full_path)
+            if not isinstance(current, list):
+                raise SpecError(f"cannot index {_describe(type(current))} with [{index}]", full_path)
+            if index >= len(current):
+                raise SpecError(f"index {index} is out of range for a list of {len(current)}", full_path)
             if last:
                 current[index] = value
             else:
                 current = current[index]
             continue
         if not isinstance(current, dict):
-            raise SpecError(f"cannot set key {part!r} inside a {type(current).__name__}", full_path)
+            raise SpecError(f"cannot set key {part!r} inside {_describe(type(current))}", full_path)
         if last:
             current[part] = value
         else:

@@ -160,6 +160,8 @@ def _configure_logging(quiet: bool) -> None:
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     logging.getLogger("optuna").setLevel(logging.ERROR)
+    # AutoGraph warns about larq's quantized variables on every traced function.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ space file's folder, then against the project root.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import yaml
 
 from blocks.errors import SpecError
-from blocks.spec import Spec, load_spec
+from blocks.spec import DeploymentWarning, Spec, load_spec
 
 __all__ = ["Dimension", "SearchSpace", "load_space"]
 
@@ -101,7 +102,9 @@ def load_space(path: str | Path) -> SearchSpace:
     dimensions = tuple(_dimension(name, value, str(path)) for name, value in data["params"].items())
     for dimension in dimensions:
         try:
-            base.with_params({dimension.path: dimension.values()[0]})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeploymentWarning)
+                base.with_params({dimension.path: dimension.values()[0]})
         except SpecError as error:
             if "parameter path" in error.message or "not set" in error.message or "unknown key" in error.message:
                 raise SpecError(f"does not name a key of spec {base.name!r}: {error.message}", f"params.{dimension.path}", source=str(path)) from None

@@ -96,6 +96,7 @@ def run_search(config: SearchConfig, space: SearchSpace, data: Any, target: Any)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "specs").mkdir(exist_ok=True)
     storage = _storage(config)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
         study_name=config.study_name,
         storage=storage,
@@ -331,11 +332,15 @@ def _storage(config: SearchConfig) -> Any:
     import optuna
 
     url = config.storage_url
+    # A worker on another machine that dies stops beating; after the grace period the next
+    # worker fails its trial and the callback queues the same parameters again.
     kwargs: dict[str, Any] = {"heartbeat_interval": 60, "grace_period": 180}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=2)
-    return optuna.storages.RDBStorage(url, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        return optuna.storages.RDBStorage(url, heartbeat_stale_trial_callback=retry, **kwargs)
 
 
 def _sampler(config: SearchConfig, storage: Any) -> Any:

@@ -153,9 +153,44 @@ def train_arcface(
             raise FloatingPointError(f"ArcFace loss became {epoch_loss} in epoch {epoch + 1}")
         result.losses.append(epoch_loss)
         log.debug("epoch %d/%d: loss %.4f", epoch + 1, n_epochs, epoch_loss)
+        recalibrate_batch_norm(backbone, images, batch_size=config.batch_size, seed=config.seed)
         if on_epoch_end is not None:
             on_epoch_end(epoch, epoch_loss)
     return result
+
+
+def recalibrate_batch_norm(model: Any, images: np.ndarray, *, batch_size: int = 64, batches: int = 8, seed: int = 0) -> None:
+    """Set every BatchNorm's moving statistics to their average over ``batches`` training batches.
+
+    With Keras' momentum of 0.99 the moving statistics need hundreds of steps to follow the
+    weights, so a candidate trained for a few epochs would be scored with statistics of its
+    initial weights. Recomputing them with the final weights fixes that and changes nothing
+    else (the model has no other layer that behaves differently in training mode).
+    """
+    import tensorflow as tf
+
+    layers = [layer for layer in _all_layers(model) if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    if not layers:
+        return
+    momenta = [layer.momentum for layer in layers]
+    order = np.random.default_rng(seed).permutation(len(images))
+    try:
+        for step in range(min(batches, max(1, len(images) // batch_size))):
+            # A cumulative average: batch k enters with weight 1 / (k + 1).
+            for layer in layers:
+                layer.momentum = step / (step + 1)
+            batch = images[order[step * batch_size : (step + 1) * batch_size]]
+            model(tf.constant(normalize(batch)), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in model.layers:
+        layers.extend(_all_layers(layer) if hasattr(layer, "layers") and layer.layers else [layer])
+    return layers
 
 
 def embed(model: Any, images: np.ndarray, *, batch_size: int = 128, flip: bool = False) -> np.ndarray:

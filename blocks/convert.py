@@ -230,23 +230,33 @@ def _leaf_layers(model: Any) -> Iterator[Any]:
 
 
 def _fallback_reason(layer: Any) -> str:
+    """Return every reason why ``layer`` did not become a binary kernel, joined by "; "."""
     kind = type(layer).__name__
+    input_quantizer = getattr(layer, "input_quantizer", None)
+    sign_input = type(input_quantizer).__name__ in _SIGN_INPUT
+    reasons = []
+    # Without a sign-style input quantizer there is no LceQuantize, so the layer does not run
+    # as quantize, dequantize and float conv, but as its quantizer's float ops and a float conv.
     if kind == "QuantDepthwiseConv2D":
-        return "depthwise: LCE has no binary depthwise kernel (runs as quantize, dequantize, float conv)"
+        runs_as = " (runs as quantize, dequantize, float conv)" if sign_input else ""
+        reasons.append(f"depthwise: LCE has no binary depthwise kernel{runs_as}")
     if kind == "QuantSeparableConv2D":
-        return "separable: LCE has no binary separable kernel (runs as quantize, dequantize, float convs)"
-    input_quantizer = type(getattr(layer, "input_quantizer", None)).__name__
-    if input_quantizer not in _SIGN_INPUT:
-        detail = _quantizer_detail(getattr(layer, "input_quantizer", None))
-        return f"input quantizer {detail} is not sign-style (LCE needs ste_sign, approx_sign or swish_sign)"
-    kernel_quantizer = getattr(layer, "kernel_quantizer", None)
-    if type(kernel_quantizer).__name__ not in _BINARY_KERNEL and not _is_dorefa_sign(kernel_quantizer):
-        return f"kernel quantizer {_quantizer_detail(kernel_quantizer)} is not a 1-bit sign quantizer"
-    groups = int(layer.get_config().get("groups", 1) or 1)
-    channels = int(layer.input_shape[-1]) // groups
-    if groups > 1 and channels % 32:
-        return f"{channels} input channels per group: grouped binary convs need a multiple of 32 per group"
-    return "not converted to LceBconv2d by LCE (no rule matched; inspect the converter messages)"
+        runs_as = " (runs as quantize, dequantize, float convs)" if sign_input else ""
+        reasons.append(f"separable: LCE has no binary separable kernel{runs_as}")
+    if not sign_input:
+        detail = _quantizer_detail(input_quantizer)
+        reasons.append(f"input quantizer {detail} is not sign-style (LCE needs ste_sign, approx_sign or swish_sign)")
+    if kind not in ("QuantDepthwiseConv2D", "QuantSeparableConv2D"):
+        kernel_quantizer = getattr(layer, "kernel_quantizer", None)
+        if type(kernel_quantizer).__name__ not in _BINARY_KERNEL and not _is_dorefa_sign(kernel_quantizer):
+            reasons.append(f"kernel quantizer {_quantizer_detail(kernel_quantizer)} is not a 1-bit sign quantizer")
+        groups = int(layer.get_config().get("groups", 1) or 1)
+        channels = int(layer.input_shape[-1]) // groups
+        if groups > 1 and channels % 32:
+            reasons.append(f"{channels} input channels per group: grouped binary convs need a multiple of 32 per group")
+    if not reasons:
+        return "not converted to LceBconv2d by LCE (no rule matched; inspect the converter messages)"
+    return "; ".join(reasons)
 
 
 def _is_dorefa_sign(quantizer: Any) -> bool:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from search.data import normalize
+
 __all__ = ["TrainConfig", "TrainResult", "embed", "make_arcface_head", "train_arcface"]
 
 log = logging.getLogger(__name__)
@@ -194,29 +196,10 @@ def _all_layers(model: Any) -> list[Any]:
 
 
 def embed(model: Any, images: np.ndarray, *, batch_size: int = 128, flip: bool = False) -> np.ndarray:
-    """Return embeddings of uint8 RGB ``images``; ``flip`` adds the mirrored images' embeddings.
+    """Return L2-normalised embeddings of uint8 RGB ``images``, flip-averaged when ``flip``."""
+    from search.evaluate import embed_keras
 
-    The sum of an image's and its mirror's embeddings is what flip averaging scores (the
-    cosine ignores the factor 2).
-    """
-    import tensorflow as tf
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return model(tf.constant(normalize(batch)), training=False).numpy()
-
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        result = run(batch)
-        if flip:
-            result = result + run(batch[:, :, ::-1, :])
-        outputs.append(result.reshape(len(batch), -1))
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """Map uint8 pixels to float32 as (pixel - 127.5) / 128."""
-    return (images.astype(np.float32) - 127.5) / 128.0
+    return embed_keras(model, images, flip=flip, batch_size=batch_size)
 
 
 def _training_dataset(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:

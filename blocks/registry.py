@@ -102,4 +102,4 @@ def list_blocks() -> list[str]:
 
 def _load_builtin_blocks() -> None:
     # Importing the modules runs their decorators; none of them imports TensorFlow.
-    from blocks import primitives  # noqa: F401
+    from blocks import baselines, primitives  # noqa: F401

@@ -52,9 +52,11 @@ def get_target(spec: str = "local", **overrides: Any) -> Target:
 
     Args:
         spec: ``"local"`` (LCE's interpreter on this host), ``"ssh:PATH.yaml"`` (a board
-            described by a device file), ``"KIND:ARGUMENT"`` for any registered kind, or a
-            bare device name (``"jetson-nano"`` reads ``targets/devices/jetson-nano.yaml``)
-            or path to a ``.yaml`` device file, both meaning ``ssh``.
+            described by a device file), ``"predict:NAME"`` (latency predicted from the table
+            ``targets/profiles/NAME.json``, see `targets.predict`), ``"KIND:ARGUMENT"`` for
+            any registered kind, or a bare device name (``"jetson-nano"`` reads
+            ``targets/devices/jetson-nano.yaml``) or path to a ``.yaml`` device file, both
+            meaning ``ssh``.
         **overrides: constructor settings of the target kind, for example
             ``num_runs=10`` or, for a device file, any of its keys (``host="10.0.0.7"``).
 
@@ -98,3 +100,4 @@ def _ssh_factory(argument: str, **overrides: Any) -> Target:
 
 register_target_kind("local", _local_factory)
 register_target_kind("ssh", _ssh_factory)
+register_target_kind("predict", "targets.predict:predict_factory")

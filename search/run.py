@@ -58,7 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="folder of identity subfolders (LFW View 1 when its pair lists are present); default: LFW from the data cache")
     parser.add_argument("--cache-dir", type=Path, help="data cache folder (default: $BINARYFACE_CACHE or ~/.cache/binaryface)")
     parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search space YAML (default: %(default)s)")
-    parser.add_argument("--target", default="local", help="latency target: 'local', a device name or a device YAML path (default: %(default)s)")
+    parser.add_argument(
+        "--target", default="local",
+        help="latency target: 'local', a device name, a device YAML path, or 'predict:TABLE', which measures "
+        "only the candidates that a latency table in targets/profiles/ predicts near or under the budget (default: %(default)s)",
+    )
     parser.add_argument(
         "--objective", choices=OBJECTIVES, default="accuracy",
         help="'accuracy': maximise accuracy within the budget, pruning candidates during training; "
@@ -167,8 +171,11 @@ def _run(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, Any]]:
 def _make_target(args: argparse.Namespace) -> Any:
     from targets import get_target
 
+    # A predict target screens against the budget: it measures only the candidates that
+    # its latency table predicts near or under it.
+    overrides = {"budget_ms": args.budget_ms} if args.target.startswith("predict:") else {}
     try:
-        return get_target(args.target)
+        return get_target(args.target, **overrides)
     except ValueError as error:
         raise UsageError(f"invalid --target {args.target!r}: {error}") from error
 

@@ -349,7 +349,7 @@ def write_report(
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise DashboardError(f"cannot write the report {report}: {error.strerror}") from error
-    log.info("report of %d finished trials written to %s", len(points), report)
+    log.debug("report of %d finished trials written to %s", len(points), report)
     return report, study, points
 
 

@@ -136,8 +136,8 @@ def select_trial(study: Any, records: Sequence[TrialRecord], number: int | None,
         )
     record = by_number[number]
     if number not in trained:
-        why = f"{record.state}: {record.reason}" if record.reason else record.state
-        raise ExportError(f"trial {number} has no trained weights ({why}); trials with weights: {listed}")
+        outcome = f"{record.state}: {record.reason}" if record.reason else record.state
+        raise ExportError(f"trial {number} has no trained weights ({outcome}); trials with weights: {listed}")
     return record
 
 
@@ -553,9 +553,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--out", type=Path, help="output folder of a search run (its study.db, specs/ and models/)")
     source.add_argument("--storage", help="Optuna storage URL of the study")
     parser.add_argument("--study-name", help="study to read (default: the only study in the storage)")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="number of the trial to export")
-    which.add_argument("--best", action="store_true", help="export the most accurate completed trial within the budget")
+    selection = parser.add_mutually_exclusive_group(required=True)
+    selection.add_argument("--trial", type=int, help="number of the trial to export")
+    selection.add_argument("--best", action="store_true", help="export the most accurate completed trial within the budget")
     parser.add_argument("--budget-ms", type=float, help="latency budget for --best, in milliseconds per image (default: the budget the study records)")
     parser.add_argument("--to", type=Path, required=True, help="export folder to create or update")
     parser.add_argument("--data", type=Path, help="face folder whose evaluation crops the parity check uses (default: the folder the study records)")

@@ -199,7 +199,12 @@ def write_bundle(files: dict[str, bytes], destination: Path) -> str:
         if destination.exists():
             status = "replaced" if any(destination.iterdir()) else "created"
             os.replace(destination, retired)
-        os.replace(staging, destination)
+        try:
+            os.replace(staging, destination)
+        except OSError:
+            if retired.exists():
+                os.replace(retired, destination)  # keep the earlier bundle rather than none
+            raise
     except OSError as error:
         raise ExportError(f"cannot write the export folder {destination}: {error}") from error
     finally:
@@ -540,7 +545,9 @@ def _count(value: Any) -> str:
 
 
 def _inline(mapping: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in mapping.items())
+    return ", ".join(
+        f"{key} {json.dumps(value) if isinstance(value, (dict, list)) else value}" for key, value in mapping.items()
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -7,14 +7,17 @@ the measurement's own repeatability: the share of held-out candidates whose two 
 measurements lie within ±10 % of each other. A predictor cannot score better than the
 measurement it is checked against, so the two figures belong together.
 
-Measurement: every model is measured in ``2 * passes`` interleaved passes (each pass
-measures all models once, in a new random order). Measurement A of a model is the minimum
-of its medians over the even passes, measurement B over the odd ones; the training figure
-is the minimum over all passes. Predictions are scored against A (and B).
+Measurement: each model has two measurement slots, A and B, and every pass measures every
+slot of every model once, in a new random order. A model's measurement A is the minimum of
+its A-slot medians over the passes, B likewise; the training figure is the minimum over
+both. A and B thus see the same drift of the host's load, and their agreement is the
+repeatability that the predictor's error should be read against. The target is
+``local-cpu``, LCE's interpreter timed by the inference thread's CPU time: on this host
+under a load average of 7, wall-clock medians of one model varied 2-3 fold between passes.
 
 Expected cost: converting a BinaryFaceNet candidate takes 10-70 s on a shared two-core x86
 host; flatbuffers are cached under ``--cache``, so a second run only measures. Measuring
-takes about 2.5 s per model and pass: 100 models and 6 passes take about 25 minutes.
+takes about 2-3 s per slot and pass: 100 models, 2 slots and 3 passes take about 30 minutes.
 Defaults from a cold cache: 1.5-2.5 hours.
 
 Expected result: at least 90 % of the held-out candidates within ±10 %, where the
@@ -57,6 +60,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = PROJECT_ROOT / "experiments" / "spaces" / "binaryfacenet.yaml"
 RESULTS_PAGE = PROJECT_ROOT / "experiments" / "RESULTS.md"
 TOLERANCE = 0.10
+SLOTS = ("A", "B")
+SLOT_SEPARATOR = "#"
 
 # A space of tiny models for --quick: a float stem and a binary or float body at 16x16.
 _QUICK_SPEC = """\
@@ -98,7 +103,7 @@ class Settings:
     train: int = 45
     test: int = 55
     # target and measurement
-    target: str = "local"
+    target: str = "local-cpu"
     target_overrides: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"options": {"use_indirect_bgemm": True, "use_xnnpack": True}, "rounds": 5, "num_runs": 10}
     )
@@ -111,6 +116,7 @@ class Settings:
     cache: Path = Path("runs/predictor/flatbuffers")
     save_table: Path | None = None
     record: bool = True
+    reuse_measurements: bool = False
 
 
 QUICK = {
@@ -140,18 +146,41 @@ def run_benchmark(settings: Settings, *, progress: bool = True) -> dict[str, Any
     test = convert_candidates(space, test_params, settings.cache, seed=settings.seed, progress=progress)
     converted_at = time.time()
     models = {candidate.name: candidate.flatbuffer() for candidate in [*train, *test]}
+    slots = {f"{name}{SLOT_SEPARATOR}{slot}": flatbuffer for name, flatbuffer in models.items() for slot in SLOTS}
 
-    before = load_snapshot()
-    with get_target(settings.target, **settings.target_overrides) as target:
-        results, rejected = measure_interleaved(target, models, passes=2 * settings.passes, seed=settings.seed)
-        described = target.describe()
-    after = load_snapshot()
+    raw_path = settings.out / "measurements.json"
+    if settings.reuse_measurements and raw_path.is_file():
+        raw = json.loads(raw_path.read_text(encoding="utf-8"))
+        missing = {"target", "before", "after", "rejected", "medians_ms"} - set(raw if isinstance(raw, dict) else {})
+        if missing:
+            raise ValueError(f"{raw_path} lacks {sorted(missing)}, so this script did not write it; run without --reuse-measurements")
+        log.info("reusing the measurements in %s", raw_path)
+    else:
+        before = load_snapshot()
+        with get_target(settings.target, **settings.target_overrides) as target:
+            measured, rejected = measure_interleaved(target, slots, passes=settings.passes, seed=settings.seed)
+            described = target.describe()
+        raw = {
+            "target": described,
+            "before": before,
+            "after": load_snapshot(),
+            "rejected": rejected,
+            "medians_ms": {key: [latency.median_ms for latency in latencies] for key, latencies in measured.items()},
+        }
+        settings.out.mkdir(parents=True, exist_ok=True)
+        raw_path.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     measured_at = time.time()
+    described, rejected, medians = raw["target"], raw["rejected"], raw["medians_ms"]
 
-    def measurement(name: str, parity: int | None) -> float:
-        latencies = results[name]
-        chosen = latencies if parity is None else latencies[parity::2]
-        return min(latency.median_ms for latency in chosen)
+    # Medians per model and slot, for the models whose every slot was measured.
+    results = {
+        name: {slot: medians[f"{name}{SLOT_SEPARATOR}{slot}"] for slot in SLOTS}
+        for name in models
+        if all(medians.get(f"{name}{SLOT_SEPARATOR}{slot}") for slot in SLOTS)
+    }
+
+    def measurement(name: str, slot: str | None) -> float:
+        return min(value for key in ([slot] if slot else SLOTS) for value in results[name][key])
 
     train_names = [candidate.name for candidate in train if candidate.name in results]
     test_names = [candidate.name for candidate in test if candidate.name in results]
@@ -159,7 +188,7 @@ def run_benchmark(settings: Settings, *, progress: bool = True) -> dict[str, Any
         raise ValueError(f"too few measured models to fit and score: {len(train_names)} train, {len(test_names)} test")
     graphs = {name: graph_features(models[name]) for name in [*train_names, *test_names]}
     table = fit_from_latencies(
-        "local" if settings.target == "local" else settings.target,
+        "local" if settings.target in ("local", "local-cpu") else settings.target,
         [graphs[name] for name in train_names],
         [measurement(name, None) for name in train_names],
         provenance={
@@ -169,10 +198,11 @@ def run_benchmark(settings: Settings, *, progress: bool = True) -> dict[str, Any
             "software": software_versions(),
             "clocks": host_clocks(),
             "measured": {
-                "passes": 2 * settings.passes,
-                "statistic": "minimum over passes of the target's median_ms",
-                "before": before,
-                "after": after,
+                "passes": settings.passes,
+                "slots_per_pass": len(SLOTS),
+                "statistic": "minimum over passes and slots of the target's median_ms",
+                "before": raw["before"],
+                "after": raw["after"],
             },
             "space": str(settings.space),
             "seed": settings.seed,
@@ -181,11 +211,11 @@ def run_benchmark(settings: Settings, *, progress: bool = True) -> dict[str, Any
         measure_with={"spec": settings.target, "overrides": settings.target_overrides},
     )
 
-    measured_a = [measurement(name, 0) for name in test_names]
-    measured_b = [measurement(name, 1) for name in test_names]
+    measured_a = [measurement(name, "A") for name in test_names]
+    measured_b = [measurement(name, "B") for name in test_names]
     predicted = [table.predict(graphs[name]).latency_ms for name in test_names]
-    single_first = [results[name][0].median_ms for name in test_names]
-    single_second = [results[name][1].median_ms for name in test_names]
+    single_first = [results[name]["A"][0] for name in test_names]
+    single_second = [results[name]["B"][0] for name in test_names]
     document: dict[str, Any] = {
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(settings).items()},
         "machine": _machine(described),
@@ -207,12 +237,16 @@ def run_benchmark(settings: Settings, *, progress: bool = True) -> dict[str, Any
                 "predicted_ms": value,
                 "measured_a_ms": first,
                 "measured_b_ms": second,
-                "medians_ms": [latency.median_ms for latency in results[name]],
+                "medians_ms": results[name],
             }
             for name, value, first, second in zip(test_names, predicted, measured_a, measured_b)
         ],
         "training_models": [
-            {"name": name, "measured_ms": measurement(name, None), "medians_ms": [latency.median_ms for latency in results[name]]}
+            {
+                "name": name,
+                "measured_ms": measurement(name, None),
+                "medians_ms": results[name],
+            }
             for name in train_names
         ],
         "durations_s": {"convert": converted_at - started, "measure": measured_at - converted_at, "total": time.time() - started},
@@ -276,7 +310,7 @@ def format_report(document: dict[str, Any]) -> str:
         f"predicted within ±10 % of measurement A: {share(accuracy['predicted_vs_a'])}",
         f"predicted within ±10 % of measurement B: {share(accuracy['predicted_vs_b'])}",
         f"repeatability, measurement A within ±10 % of B: {share(accuracy['repeatability_a_vs_b'])}",
-        f"repeatability of single medians (pass 1 vs pass 2): {share(accuracy['repeatability_single_medians'])}",
+        f"repeatability of single medians (first A vs first B): {share(accuracy['repeatability_single_medians'])}",
         f"training fit: {share(accuracy['training'])}; leave-one-out: {share(accuracy['leave_one_out'])}",
     ]
     for row in document["screening"]:
@@ -307,18 +341,18 @@ def record_results(document: dict[str, Any], command: str, page: Path = RESULTS_
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores shared with other jobs "
         f"(load average {machine['loadavg_at_end'][0]:.1f} at the end), LCE {machine['lce_version']}, Python {machine['python']}. "
         f"Target `{settings['target']}` with {json.dumps(settings['target_overrides'])}; "
-        f"{2 * settings['passes']} interleaved passes per model. Space `{Path(settings['space']).name}`, seed {settings['seed']}.",
+        f"{settings['passes']} passes, each measuring the A and B slot of every model in random order. Space `{Path(settings['space']).name}`, seed {settings['seed']}.",
         "",
         f"Fitted on {document['counts']['train']} random candidates (non-negative least squares over per-op features, "
         f"{len(document['weights_ms'])} priced), scored on {document['counts']['test']} held-out ones. "
-        "Measurement A and B are each the minimum of the model's medians over half of the passes.",
+        "Measurement A and B are each the minimum of the model's medians in that slot over the passes.",
         "",
         "| comparison | share within ±10 % | median error | max error |",
         "|---|---|---|---|",
         f"| prediction vs measurement A | {cell(accuracy['predicted_vs_a'])} |",
         f"| prediction vs measurement B | {cell(accuracy['predicted_vs_b'])} |",
         f"| repeatability: measurement A vs B | {cell(accuracy['repeatability_a_vs_b'])} |",
-        f"| repeatability: single medians, pass 1 vs pass 2 | {cell(accuracy['repeatability_single_medians'])} |",
+        f"| repeatability: single medians, first A vs first B | {cell(accuracy['repeatability_single_medians'])} |",
         f"| leave-one-out on the training set | {cell(accuracy['leave_one_out'])} |",
         "",
         "Screening (predict, then measure only candidates predicted at most budget + margin):",
@@ -364,13 +398,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
     parser.add_argument("--space", type=Path, help=f"search space YAML (default: {DEFAULT_SPACE.relative_to(PROJECT_ROOT)})")
     parser.add_argument("--train", type=int, help=f"candidates to fit on (default: {Settings.train})")
     parser.add_argument("--test", type=int, help=f"held-out candidates to score (default: {Settings.test})")
-    parser.add_argument("--passes", type=int, help=f"passes per measurement; each model is measured twice as often (default: {Settings.passes})")
+    parser.add_argument("--passes", type=int, help=f"passes; each measures every model twice, once per slot (default: {Settings.passes})")
     parser.add_argument("--seed", type=int, help=f"seed of the draw and of the pass order (default: {Settings.seed})")
     parser.add_argument("--margin", type=float, help=f"screening margin above the budget, as a fraction (default: {Settings.margin})")
     parser.add_argument("--out", type=Path, help=f"output folder (default: {Settings.out})")
     parser.add_argument("--cache", type=Path, help=f"flatbuffer cache folder (default: {Settings.cache})")
     parser.add_argument("--save-table", type=Path, help="also write the fitted table here, e.g. targets/profiles/local.json")
     parser.add_argument("--no-record", action="store_true", help="do not append a section to experiments/RESULTS.md")
+    parser.add_argument(
+        "--reuse-measurements", action="store_true",
+        help="fit and score the medians stored in OUT/measurements.json by an earlier run instead of measuring again",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny space and counts, no RESULTS.md section (about a minute)")
     args = parser.parse_args(argv)
 
@@ -381,6 +419,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace
             values[key] = value
     if args.no_record:
         values["record"] = False
+    if args.reuse_measurements:
+        values["reuse_measurements"] = True
     if args.quick:
         out = values.get("out", Path("runs/predictor-quick"))
         values.setdefault("out", out)

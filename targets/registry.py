@@ -101,3 +101,4 @@ def _ssh_factory(argument: str, **overrides: Any) -> Target:
 register_target_kind("local", _local_factory)
 register_target_kind("ssh", _ssh_factory)
 register_target_kind("predict", "targets.predict:predict_factory")
+register_target_kind("local-cpu", "targets.predict.cpuclock:cpu_clock_factory")

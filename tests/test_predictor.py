@@ -522,6 +522,24 @@ def test_screening_builds_recorded_target(table_file: Path, tiny_models: dict[st
 # ---------------------------------------------------------------- end to end on this host
 
 
+def test_cpu_clock_target_names_clock(tiny_models: dict[str, Any]) -> None:
+    with get_target("local-cpu", options={"use_indirect_bgemm": True}, warmup_runs=1, num_runs=3, rounds=2) as target:
+        latency = target.measure(tiny_models["grouped"], name="grouped")
+        description = target.describe()
+
+    latency.check()
+    assert latency.runs == 6
+    assert latency.options["clock"] == "thread CPU time"
+    assert latency.target["kind"] == "local-cpu"
+    assert description["kind"] == "local-cpu"
+    assert description["options"]["clock"] == "thread CPU time"
+
+
+def test_cpu_clock_target_needs_one_thread() -> None:
+    with pytest.raises(ValueError, match=r"the local-cpu target times the calling thread, so num_threads must be 1, got 2"):
+        get_target("local-cpu", num_threads=2)
+
+
 def test_interleaved_measurement_counts_passes(tiny_models: dict[str, Any]) -> None:
     inner = CountingTarget()
     results, rejected = measure_interleaved(inner, {"a": tiny_models["binary"], "b": tiny_models["grouped"]}, passes=3)
@@ -549,7 +567,7 @@ def test_fit_cli_on_measured_models(tmp_path: Path, tiny_models: dict[str, Any],
     assert table.provenance["measured"]["passes"] == 2
     assert table.provenance["target"]["cpu"]
     assert table.provenance["software"]["larq-compute-engine"] == "0.16.0"
-    assert table.measure_with == {"spec": "local", "overrides": json.loads(overrides)}
+    assert table.measure_with == {"spec": "local-cpu", "overrides": json.loads(overrides)}
     # Two models fit exactly when the features outnumber them.
     assert table.fit["training"]["max_abs_error"] < 0.05
     assert measured.median_ms > 0

@@ -4,9 +4,11 @@
 prices them for one device and is stored as JSON in ``targets/profiles/``. `PredictedTarget`
 (``get_target("predict:NAME")``) returns predictions, and `ScreeningTarget` (the same with
 ``budget_ms=...``) predicts first and measures only candidates that may fit the budget.
-``python -m targets.predict fit`` fits a table.
+``python -m targets.predict fit`` fits a table. `CpuClockTarget` (``get_target("local-cpu")``)
+times this host's interpreter by CPU time, which time spent waiting for a core does not inflate.
 """
 
+from targets.predict.cpuclock import CpuClockTarget
 from targets.predict.features import GraphFeatures, OpFeatures, graph_features
 from targets.predict.fit import fit_from_latencies, fit_from_op_profiles, measure_interleaved, robust_ms
 from targets.predict.opprofile import OpProfile, OpTiming, parse_op_profile
@@ -14,6 +16,7 @@ from targets.predict.table import LatencyTable, Prediction, TableError, accuracy
 from targets.predict.target import PredictedTarget, ScreeningTarget, predict_factory
 
 __all__ = [
+    "CpuClockTarget",
     "GraphFeatures",
     "LatencyTable",
     "OpFeatures",

@@ -3,7 +3,7 @@
 Examples::
 
     # Convert 60 random candidates of a space, measure each 3 times on this host, fit:
-    python -m targets.predict fit --target local --space experiments/spaces/binaryfacenet.yaml \\
+    python -m targets.predict fit --target local-cpu --space experiments/spaces/binaryfacenet.yaml \\
         --samples 60 --out targets/profiles/local.json
 
     # Fit a board's table from per-op profiles. DIR contains NAME.tflite and NAME.txt, the
@@ -31,6 +31,7 @@ __all__ = ["main"]
 logger = logging.getLogger("targets.predict")
 
 DEFAULT_CACHE = Path("runs/predictor/flatbuffers")
+LOCAL_KINDS = ("local", "local-cpu")
 # LCE's indirect BGEMM kernels with XNNPACK are the fastest correct option set on the x86
 # hosts measured so far, and the only one that runs grouped binary convolutions with XNNPACK.
 # Forcing them keeps every measurement on one code path.
@@ -47,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--space", type=Path, help="search space YAML whose random candidates are converted and measured")
     source.add_argument("--models", type=Path, help="folder of .tflite files to measure")
     source.add_argument("--op-profiles", type=Path, help="folder of NAME.tflite with NAME.txt op-profiling output; nothing is measured")
-    fit.add_argument("--target", default="local", help="target that measures: 'local', a device name or a device YAML (default: %(default)s)")
+    fit.add_argument(
+        "--target", default="local-cpu",
+        help="target that measures: 'local-cpu' (this host, timed by the inference thread's CPU time, which load on "
+        "a shared host does not inflate), 'local', a device name or a device YAML (default: %(default)s)",
+    )
     fit.add_argument(
         "--target-overrides",
         type=json.loads,
-        help=f"JSON object of target settings; default for local: {json.dumps(LOCAL_OVERRIDES)}, else none",
+        help=f"JSON object of target settings; default for local and local-cpu: {json.dumps(LOCAL_OVERRIDES)}, else none",
     )
     fit.add_argument("--name", help="table name (default: the target's name)")
     fit.add_argument("--samples", type=int, default=60, help="candidates drawn from --space (default: %(default)s)")
@@ -125,7 +130,7 @@ def _measure_and_fit(args: argparse.Namespace, models: dict[str, bytes]) -> Any:
 
     overrides = args.target_overrides
     if overrides is None:
-        overrides = LOCAL_OVERRIDES if args.target == "local" else {}
+        overrides = LOCAL_OVERRIDES if args.target in LOCAL_KINDS else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"--target-overrides must be a JSON object, got {overrides!r}")
     before = load_snapshot()
@@ -137,7 +142,7 @@ def _measure_and_fit(args: argparse.Namespace, models: dict[str, bytes]) -> Any:
     graphs = [graph_features(models[name]) for name in names]
     latencies = [robust_ms(results[name]) for name in names]
     first = results[names[0]][0] if names else None
-    if args.target == "local":
+    if args.target in LOCAL_KINDS:
         clocks = host_clocks()
     else:
         clocks = first.board_state if first is not None else {}
@@ -146,7 +151,7 @@ def _measure_and_fit(args: argparse.Namespace, models: dict[str, bytes]) -> Any:
         "target": {key: value for key, value in described.items() if key != "options"},
         "target_options": described.get("options", {}),
         "tool": first.options if first is not None else {},
-        "software": software_versions() if args.target == "local" else {},
+        "software": software_versions() if args.target in LOCAL_KINDS else {},
         "clocks": clocks,
         "measured": {"passes": args.passes, "statistic": "minimum over passes of the target's median_ms", "before": before, "after": after},
         "space": str(args.space) if args.space is not None else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,178 @@ def test_regrouped_layers_stay_fresh() -> None:
     assert report.fresh["head_entry_conv"].startswith("weight shapes [(3, 3, 32, 64)] differ from the released [(3, 3, 16, 64)]")
     assert report.fresh["head_entry_bn"] == "follows the freshly initialised head_entry_conv"
     assert "head_expand_conv" in report.copied
+
+
+# ---------------------------------------------------------------------------------------
+# The thesis-table experiments run through their main() on tiny settings.
+
+TINY_SPEC = """\
+name: tiny_face
+input_shape: [112, 112, 3]
+blocks:
+  - block: conv_unit
+    name: stem
+    filters: 32
+    kernel_size: 4
+    strides: 4
+    bits: 32
+  - block: conv_unit
+    name: body
+    filters: 32
+    kernel_size: 3
+    strides: 2
+    bits: 1
+  - block: output_head
+    name: output
+    units: 8
+"""
+
+
+def write_face_folder(root: Path, identities: int = 4, images: int = 3) -> Path:
+    """Write a folder of identity folders holding random 112x112 PNG images."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for identity in range(identities):
+        folder = root / f"person_{identity}"
+        folder.mkdir(parents=True)
+        base = rng.integers(0, 256, (112, 112, 3))
+        for index in range(images):
+            noise = rng.integers(-20, 21, (112, 112, 3))
+            cv2.imwrite(str(folder / f"{index}.png"), np.clip(base + noise, 0, 255).astype(np.uint8))
+    return root
+
+
+def test_efficiency_quick_run(tmp_path: Path) -> None:
+    from experiments import efficiency
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SPEC)
+    config = tmp_path / "efficiency.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [{"name": "tiny", "spec": str(spec), "role": "deployable"}],
+                "limit": {"reference": "tiny"},
+                "output": {"folder": str(tmp_path / "out")},
+            }
+        )
+    )
+
+    status = efficiency.main(["--config", str(config), "--quick", "--no-record"])
+
+    assert status == 0
+    written = list((tmp_path / "out").glob("*/efficiency.json"))
+    assert len(written) == 1
+    document = json.loads(written[0].read_text())
+    row = document["models"][0]
+    assert row["binary_kernel_mac_share"] > 0.5
+    assert row["best"]["median_ms"] > 0
+    assert row["float_part"]["median_ms"] > 0
+    assert row["limit_ratio"] == pytest.approx(1.0)
+    assert len(list((tmp_path / "out").glob("*/efficiency.md"))) == 1
+
+
+def test_efficiency_rejects_unknown_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import efficiency
+
+    config = tmp_path / "efficiency.yaml"
+    config.write_text(yaml.safe_dump({"target": {"spec": "local", "runs": 3}}))
+
+    assert efficiency.main(["--config", str(config), "--quick", "--no-record"]) == 2
+    assert "unknown key target.runs; allowed: spec, num_threads, warmup_runs, num_runs, rounds" in capsys.readouterr().err
+
+
+def test_accuracy_quick_run_with_vlr(tmp_path: Path) -> None:
+    from experiments import accuracy
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_SPEC)
+    faces = write_face_folder(tmp_path / "faces")
+    base = tmp_path / "accuracy.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"name": "tiny", "spec": str(spec), "init": "random", "runtime": "keras"},
+                    {"name": "tiny", "spec": str(spec), "init": "random", "runtime": "lce"},
+                ],
+                "data": {"root": str(faces), "protocol": "folder", "align": "none"},
+                "output": {"folder": str(tmp_path / "out")},
+            }
+        )
+    )
+    variant = tmp_path / "vlr.yaml"
+    variant.write_text(yaml.safe_dump({"base": "accuracy.yaml", "evaluation": {"vlr_sizes": [7], "vlr_modes": ["probe", "both"]}}))
+
+    status = accuracy.main(["--config", str(variant), "--quick", "--no-record"])
+
+    assert status == 0
+    written = list((tmp_path / "out").glob("*/accuracy.json"))
+    assert len(written) == 1
+    document = json.loads(written[0].read_text())
+    keras_model, lce_model = document["models"]
+    assert set(keras_model["settings"]) == {"full resolution", "VLR 7 px, HR gallery vs VLR probe", "VLR 7 px, VLR vs VLR"}
+    for setting in keras_model["settings"].values():
+        assert 0.0 <= setting["flip"]["accuracy"] <= 1.0
+        assert 0.0 <= setting["no_flip"]["accuracy"] <= 1.0
+    full_keras = keras_model["settings"]["full resolution"]["no_flip"]["accuracy"]
+    full_lce = lce_model["settings"]["full resolution"]["no_flip"]["accuracy"]
+    assert full_lce == pytest.approx(full_keras, abs=0.1)
+
+
+def test_accuracy_missing_weights_names_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import accuracy
+
+    config = tmp_path / "accuracy.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": [{"name": "x", "spec": str(DEPLOYABLE_SPEC), "weights": str(tmp_path / "none.h5")}]})
+    )
+
+    assert accuracy.main(["--config", str(config), "--quick", "--no-record"]) == 2
+    assert "models[0].weights not found" in capsys.readouterr().err
+
+
+def test_subset_pairs_balances_and_reindexes() -> None:
+    from experiments.accuracy import subset_pairs
+
+    images = np.arange(8).reshape(8, 1, 1, 1)
+    pairs = np.array([[0, 1], [2, 3], [4, 5], [6, 7], [0, 2], [1, 3]])
+    issame = np.array([True, True, True, True, False, False])
+
+    kept_images, kept_pairs, kept_issame = subset_pairs(images, pairs, issame, 4)
+
+    assert kept_issame.tolist() == [False, True, False, True]
+    assert kept_images.ravel().tolist() == [0, 1, 2, 3]
+    assert kept_images[kept_pairs].reshape(4, 2).tolist() == [[0, 2], [0, 1], [1, 3], [2, 3]]
+
+
+@pytest.mark.slow
+def test_finetune_quick_run(shared_dir: Path, released_path: Path, tmp_path: Path) -> None:
+    from experiments import finetune_binaryfacenet
+    from experiments._records import PROJECT_ROOT
+
+    lfw = shared_dir / "data" / "lfw" / "lfw-deepfunneled"
+    if not lfw.is_dir():
+        pytest.skip(f"LFW not found at {lfw}")
+    config = tmp_path / "finetune.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(PROJECT_ROOT / "experiments" / "finetune_binaryfacenet.yaml"),
+                "model": {"released": str(released_path)},
+                "data": {"root": str(lfw)},
+                "budget": {"minutes": 2},
+                "output": {"folder": str(tmp_path / "out"), "latest": str(tmp_path / "latest.h5")},
+            }
+        )
+    )
+
+    status = finetune_binaryfacenet.main(["--config", str(config), "--quick", "--no-record"])
+
+    assert status == 0
+    assert not (tmp_path / "latest.h5").exists()
+    weights = list((tmp_path / "out").glob("*/binaryfacenet.weights.h5"))
+    assert len(weights) == 1
+    model = build_model(load_quietly(DEPLOYABLE_SPEC))
+    model.load_weights(str(weights[0]))

@@ -7,10 +7,11 @@ Example::
 Running the same command again resumes the study stored under ``--out``; a trial that was
 interrupted is run again. With ``--storage postgresql://USER:PASSWORD@HOST:PORT/DATABASE``
 the same command on several machines runs one study together until it reaches ``--trials``
-finished trials.
+finished trials. Workers that start a trial at the same moment near the end can each add one,
+so the study may end with up to one trial more than requested per additional worker.
 
-Every setting is checked before anything is written: a bad value prints one ``error:`` line
-and exits with status 2, without creating the output folder or the study database.
+Every setting, the space, the target and the data are checked before the output folder or the
+study database is created: a bad value prints one ``error:`` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ def _run(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, Any]]:
     from search.study import SearchConfig, run_search, search_summary, study_records
     from search.train import TrainConfig
 
-    # Everything a user can get wrong is checked before anything is written; the data,
-    # which may take minutes to align, comes last.
+    # Everything a user can get wrong is checked before the output folder is created. The
+    # data, which may take minutes to align, comes last.
     config = SearchConfig(
         budget_ms=args.budget_ms,
         out=args.out,

@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder and a tiny generated face set."""
+"""Shared fixtures: the shared data folder, a tiny generated face set and a tiny search space."""
 
 from __future__ import annotations
 
@@ -46,6 +46,84 @@ def make_face_folder(tmp_path: Path):
         return root
 
     return make
+
+
+TINY_SEARCH_SPEC = """\
+name: tiny
+input_shape: [112, 112, 3]
+blocks:
+  - block: conv_unit
+    name: stem
+    filters: 32
+    kernel_size: 3
+    strides: 4
+    bits: 32
+  - block: lfe
+    name: lfe
+    filters: 32
+    bits: 1
+    repeats: 1
+    mixing: grouped
+    mixing_groups: 1
+  - block: embedding
+    name: embedding
+    filters: 32
+    kernel_size: 2
+    strides: 2
+    bits: 32
+  - block: output_head
+    name: output
+    units: 32
+"""
+
+TINY_SEARCH_SPACE = """\
+name: tiny
+base_spec: tiny.yaml
+params:
+  lfe.filters: [32, 64]
+  lfe.kernel_size: [3, 5]
+  embedding.filters: [16, 32]
+"""
+
+
+def write_tiny_space(folder: Path) -> Path:
+    """Write a space of 8 candidates of 70 k to 100 k parameters that convert in seconds; return its path.
+
+    The base spec takes 112x112 faces through a stride-4 conv, one LFE block and the
+    embedding head.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(TINY_SEARCH_SPEC)
+    path = folder / "space.yaml"
+    path.write_text(TINY_SEARCH_SPACE)
+    return path
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path) -> Path:
+    """The path of a tiny search space written by `write_tiny_space` into ``tmp_path/space``."""
+    return write_tiny_space(tmp_path / "space")
+
+
+def sampler_draws(space_path: Path, seed: int, count: int) -> list[dict]:
+    """Return the parameters the study's sampler draws for trials 0 to ``count - 1`` of a fresh study.
+
+    Valid while ``count`` is within the sampler's random start, where draws do not depend on
+    earlier results.
+    """
+    import optuna
+
+    from search.space import load_space
+    from search.study import _TrialSeededSampler
+
+    space = load_space(space_path)
+    study = optuna.create_study(direction="maximize", sampler=_TrialSeededSampler(seed, n_startup_trials=count))
+    for _ in range(count):
+        trial = study.ask()
+        for dimension in space.dimensions:
+            dimension.suggest(trial)
+        study.tell(trial, 0.5)
+    return [trial.params for trial in study.trials]
 
 
 # Target fixtures (tiny LCE models, a loopback sshd, device files), defined once per session.

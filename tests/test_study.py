@@ -24,6 +24,7 @@ import numpy as np
 import optuna
 import pytest
 
+from conftest import write_tiny_space
 from search.space import load_space
 from search.study import (
     INTERRUPTED,
@@ -49,52 +50,6 @@ from search.study import (
 )
 from search.train import TrainConfig
 from targets import Latency, Target
-
-TINY_SPEC = """\
-name: tiny
-input_shape: [112, 112, 3]
-blocks:
-  - block: conv_unit
-    name: stem
-    filters: 32
-    kernel_size: 3
-    strides: 4
-    bits: 32
-  - block: lfe
-    name: lfe
-    filters: 32
-    bits: 1
-    repeats: 1
-    mixing: grouped
-    mixing_groups: 1
-  - block: embedding
-    name: embedding
-    filters: 32
-    kernel_size: 2
-    strides: 2
-    bits: 32
-  - block: output_head
-    name: output
-    units: 32
-"""
-
-TINY_SPACE = """\
-name: tiny
-base_spec: tiny.yaml
-params:
-  lfe.filters: [32, 64]
-  lfe.kernel_size: [3, 5]
-  embedding.filters: [16, 32]
-"""
-
-
-def write_tiny_space(folder: Path) -> Path:
-    """Write the tiny base spec and a space of 8 candidates into ``folder``; return the space path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny.yaml").write_text(TINY_SPEC)
-    path = folder / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
 
 
 def write_noise_faces(root: Path, identities: int = 6, images: int = 4) -> Path:

@@ -238,7 +238,7 @@ def run_search(config: SearchConfig, space: SearchSpace, data: Any, target: Any)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "specs").mkdir(exist_ok=True)
     objective = _Objective(config, space, data, target)
-    _retry_dead_workers(study, objective.worker)
+    _recover_interrupted(study, objective.worker)
 
     objective.progress = _SearchProgress(config, _finished_count(study.get_trials(deepcopy=False)))
     try:

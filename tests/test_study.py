@@ -186,6 +186,26 @@ def test_hyperband_max_resource_is_epochs(tmp_path: Path) -> None:
     assert pruner._max_resource == 8
 
 
+@pytest.mark.parametrize("pruner", ["halving", "hyperband", "median"])
+def test_pruners_work_with_sampler(tmp_path: Path, pruner: str) -> None:
+    config = make_config(tmp_path, pruner=pruner, train=TrainConfig(epochs=9))
+    study = optuna.create_study(direction="maximize", sampler=_TrialSeededSampler(0, 3), pruner=_pruner(config))
+
+    def objective(trial: optuna.Trial) -> float:
+        quality = trial.suggest_float("x", 0.0, 1.0)
+        for epoch in range(1, 9):
+            trial.report(quality * epoch / 9, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return quality
+
+    study.optimize(objective, n_trials=20)
+
+    states = [trial.state.name for trial in study.trials]
+    assert states.count("PRUNED") > 0
+    assert states.count("COMPLETE") > 0
+
+
 @pytest.mark.parametrize(
     ("objective", "pruner", "epochs", "prunes"),
     [

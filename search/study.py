@@ -659,14 +659,13 @@ class _Objective:
 class _SearchProgress:
     """A progress bar over the study's finished trials, shown on a terminal only.
 
+    tqdm shows the time per trial; the postfix adds the feasible count and the best trial.
     Without a terminal the INFO line that `_Objective.after_trial` logs per trial carries
     the same numbers.
     """
 
     def __init__(self, config: SearchConfig, finished: int) -> None:
         self.bar = None
-        self.started = time.monotonic()
-        self.initial = finished
         if config.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -675,11 +674,9 @@ class _SearchProgress:
     def update(self, finished: int, feasible: int, best: TrialRecord | None) -> None:
         if self.bar is None:
             return
-        done_here = max(1, finished - self.initial)
-        seconds = (time.monotonic() - self.started) / done_here
-        best_text = f"best {best.accuracy:.4f} @ {best.latency_ms:.2f} ms" if best else "none feasible"
+        best_text = f"best {best.accuracy:.4f} at {best.latency_ms:.2f} ms" if best else "none feasible"
         self.bar.n = min(finished, self.bar.total)
-        self.bar.set_postfix_str(f"{feasible} feasible, {best_text}, {seconds:.0f} s/trial", refresh=False)
+        self.bar.set_postfix_str(f"{feasible} feasible, {best_text}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

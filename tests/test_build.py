@@ -26,6 +26,10 @@ MINIMAL_BLOCKS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {
     "lfe": ((16, 16, 32), {}),
     "embedding": ((12, 12, 32), {}),
     "output_head": ((4, 4, 32), {}),
+    "quicknet_stem": ((16, 16, 3), {"filters": 32}),
+    "quicknet_section": ((8, 8, 32), {"filters": 32, "repeats": 1}),
+    "densenet_stem": ((16, 16, 3), {"filters": 32}),
+    "dense_section": ((8, 8, 32), {"repeats": 1, "growth_rate": 32}),
 }
 
 # Relative error allowed between LCE's interpreter and Keras (max |difference| / max |Keras|).

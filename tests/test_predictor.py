@@ -436,6 +436,28 @@ def test_predict_settings_checked(table_file: Path, overrides: dict[str, Any], m
         get_target(f"predict:{table_file}", **overrides)
 
 
+def test_spec_string_sets_margin_and_inner(table_file: Path) -> None:
+    target = get_target(f"predict:{table_file},margin=0.3,inner=local", budget_ms=5.0)
+
+    assert isinstance(target, ScreeningTarget)
+    assert target.margin == 0.3
+    assert target.threshold_ms == pytest.approx(6.5)
+    assert target.describe()["options"]["inner"] == "local"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "overrides", "message"),
+    [
+        (",speed=2", {"budget_ms": 5.0}, r"invalid setting 'speed=2' in 'predict:.*'; expected ,margin=FRACTION or ,inner=TARGET"),
+        (",margin=wide", {"budget_ms": 5.0}, r"invalid margin 'wide' in 'predict:.*,margin=wide'"),
+        (",margin=0.2", {"budget_ms": 5.0, "margin": 0.1}, r"margin is given both in 'predict:.*' and as a setting; give it once"),
+    ],
+)
+def test_spec_string_settings_checked(table_file: Path, suffix: str, overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        get_target(f"predict:{table_file}{suffix}", **overrides)
+
+
 def test_predict_needs_table_argument() -> None:
     with pytest.raises(ValueError, match=r"the predict target needs a latency table: use 'predict:NAME'"):
         get_target("predict:")

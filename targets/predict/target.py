@@ -230,31 +230,49 @@ class ScreeningTarget(PredictedTarget):
 
 
 _OVERRIDES = ("budget_ms", "margin", "inner")
+# Settings that may also follow the table in the spec string, for command lines that pass
+# only a spec: "predict:local,margin=0.3,inner=jetson-nano".
+_SPEC_SETTINGS = {"margin": float, "inner": str}
 
 
 def predict_factory(argument: str, **overrides: Any) -> Target:
     """Build the target for ``predict:NAME``: a `PredictedTarget`, or a `ScreeningTarget` when ``budget_ms`` is given.
 
-    ``NAME`` is a table in ``targets/profiles/`` (``local``) or a path to a table file.
-    Overrides: ``budget_ms``, ``margin`` and ``inner`` (see `ScreeningTarget`).
+    ``NAME`` is a table in ``targets/profiles/`` (``local``) or a path to a table file. It may
+    be followed by ``,margin=FRACTION`` and ``,inner=TARGET``. Overrides: ``budget_ms``,
+    ``margin`` and ``inner`` (see `ScreeningTarget`); a setting given both ways is an error.
     """
     if not argument:
         raise ValueError("the predict target needs a latency table: use 'predict:NAME' (targets/profiles/NAME.json) or 'predict:PATH.json'")
     unknown = sorted(set(overrides) - set(_OVERRIDES))
     if unknown:
         raise ValueError(f"unknown settings {unknown} for the predict target; valid: {list(_OVERRIDES)}")
-    path = resolve_table(argument)
+    table_name, *items = argument.split(",")
+    settings = dict(overrides)
+    for item in items:
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or key not in _SPEC_SETTINGS:
+            raise ValueError(f"invalid setting {item!r} in 'predict:{argument}'; expected ,margin=FRACTION or ,inner=TARGET")
+        if settings.get(key) is not None:
+            raise ValueError(f"{key} is given both in 'predict:{argument}' and as a setting; give it once")
+        try:
+            settings[key] = _SPEC_SETTINGS[key](text.strip())
+        except ValueError as error:
+            raise ValueError(f"invalid {key} {text!r} in 'predict:{argument}': {error}") from error
+
+    path = resolve_table(table_name)
     table = LatencyTable.load(path)
-    budget_ms = overrides.get("budget_ms")
+    budget_ms = settings.get("budget_ms")
     if budget_ms is None:
         for key in ("margin", "inner"):
-            if overrides.get(key) is not None:
+            if settings.get(key) is not None:
                 raise ValueError(f"{key} applies only with budget_ms; pass budget_ms to screen candidates")
         return PredictedTarget(table, source=str(path))
     return ScreeningTarget(
         table,
         budget_ms=budget_ms,
-        margin=overrides.get("margin", DEFAULT_MARGIN),
-        inner=overrides.get("inner"),
+        margin=settings.get("margin", DEFAULT_MARGIN),
+        inner=settings.get("inner"),
         source=str(path),
     )

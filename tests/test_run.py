@@ -113,7 +113,7 @@ def test_main_searches_generated_faces(tmp_path: Path, tiny_space: Path, make_fa
 
 
 @pytest.mark.slow
-def test_main_searches_att_faces(tmp_path: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_searches_att_faces(tmp_path: Path, shared_dir: Path, tiny_space: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = shared_dir / "data" / "att_faces"
     if not source.is_dir():
         pytest.skip(f"AT&T faces not found at {source}")
@@ -124,8 +124,8 @@ def test_main_searches_att_faces(tmp_path: Path, shared_dir: Path, capsys: pytes
 
     status = main(
         [
-            "--budget-ms", "1000", "--data", str(faces), "--trials", "2", "--epochs", "0.2",
-            "--objective", "pareto", "--out", str(out), "--align", "none", "--quiet",
+            "--budget-ms", "1000", "--data", str(faces), "--space", str(tiny_space), "--trials", "2",
+            "--epochs", "0.2", "--objective", "pareto", "--out", str(out), "--align", "none", "--quiet",
         ]
     )
 

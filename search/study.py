@@ -83,7 +83,8 @@ RETRY_OF_ATTR = "retry_of"
 RETRIES_ATTR = "retries"
 PRUNED_OVER_BUDGET = "over budget"
 INTERRUPTED = "interrupted"
-# A candidate whose worker dies this often is not queued again: it may be the cause.
+# After this many retries a candidate whose worker died is not queued again, because the
+# candidate itself may kill the worker (by running out of memory, for example).
 MAX_RETRIES = 2
 SUMMARY_FILE = "summary.json"
 

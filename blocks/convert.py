@@ -59,7 +59,7 @@ class FloatFallback:
 
 @dataclass(frozen=True)
 class Audit:
-    """What the converted model runs. MACs are per image."""
+    """Audit of a converted model: its ops, binary kernels and float fallbacks (MACs per image)."""
 
     op_counts: dict[str, int]
     binary_kernel_macs: int

@@ -34,7 +34,7 @@ class Param:
 
 @dataclass
 class ShapeContext:
-    """What a shape function may report besides the output shape.
+    """Side channel of a shape function for reports other than the output shape.
 
     ``warnings`` collects ``(key, message)`` pairs for settings that are legal but will not
     deploy as the spec declares (for example a 1-bit layer that LCE runs in float).

@@ -232,13 +232,3 @@ def _progress_bar(total: int, description: str, enabled: bool) -> Any:
 
     return tqdm(total=total, desc=description, unit="step", leave=False)
 
-
-def steps_for(n_images: int, config: TrainConfig) -> int:
-    """Return the number of optimizer steps ``train_arcface`` takes for ``n_images``."""
-    return max(1, round(config.epochs * max(1, math.ceil(n_images / config.batch_size))))
-
-
-def describe(config: TrainConfig) -> dict[str, Any]:
-    """Return the settings as plain data for logs and trial records."""
-    return {key: (list(value) if isinstance(value, tuple) else value) for key, value in config.__dict__.items()}
-

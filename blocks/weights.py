@@ -162,8 +162,9 @@ def init_from_released(model: Any, h5_path: str | Path | Any, *, match_dorefa_th
 
     ``model`` is built from a BinaryFaceNet spec whose layer names match the thesis spec's
     (``head_expand_conv``, ``gfe_conv1``, ``lfe0_mix1``, ...). ``h5_path`` is the released
-    ``.h5`` file, the Keras model loaded from it, or a thesis-spec model that already holds
-    the released weights. Layers are matched by name:
+    ``.h5`` file, the Keras model loaded from it, or a model with the thesis' layer names
+    that holds the weights to carry over (the thesis spec with the released weights, or an
+    earlier deployable spec). Layers are matched by name:
 
     - same type and weight shapes: copied; a quantized kernel read through another kernel
       quantizer is re-signed (see below);
@@ -176,6 +177,8 @@ def init_from_released(model: Any, h5_path: str | Path | Any, *, match_dorefa_th
       released channel ``r`` times within a group, and the BatchNorm after it is rescaled.
       This is exact, and lets 16-channel groups, which LCE cannot run as binary kernels,
       become 32-channel groups;
+    - a PReLU that the target drops between a BatchNorm and sign-quantized convs: folded
+      into the BatchNorm (see ``_fold_dropped_prelus``);
     - anything else (a regrouped conv, a BatchNorm right after a fresh conv, a layer the
       thesis model lacks): left as initialised, with the reason in the report.
 
@@ -221,12 +224,48 @@ def init_from_released(model: Any, h5_path: str | Path | Any, *, match_dorefa_th
         if reason:
             report.fresh[layer.name] = reason
 
+    _fold_dropped_prelus(model, sources, channel_maps, report)
     if match_dorefa_threshold:
         _shift_sign_thresholds(model, sources, report)
     logger.info("initialised %s from the released weights: %s", model.name, report.summary())
     for name, reason in report.fresh.items():
         logger.info("left fresh: %s (%s)", name, reason)
     return report
+
+
+def _fold_dropped_prelus(model: Any, sources: dict[str, Any], channel_maps: dict[str, Any], report: InitReport) -> None:
+    """Fold a released PReLU that the target drops into the BatchNorm before it.
+
+    This is exact when the target's BatchNorm feeds only sign-quantized convs, because a sign
+    reads ``PReLU(v)`` as ``v`` for a slope of 0 or more, and as the constant +1 for a negative
+    slope (the output is then positive). Channels with a negative slope get a BatchNorm that
+    outputs 1.
+    """
+    import numpy as np
+
+    target_names = {layer.name for layer in model.layers}
+    for layer in weighted_layers(model):
+        source = sources.get(layer.name)
+        if type(layer).__name__ != "BatchNormalization" or source is None or layer.name in report.fresh:
+            continue
+        followers = _outbound_layers(source)
+        if len(followers) != 1 or type(followers[0]).__name__ != "PReLU" or followers[0].name in target_names:
+            continue
+        consumers = _outbound_layers(layer)
+        if not consumers or not all(_is_sign(getattr(consumer, "input_quantizer", None)) for consumer in consumers):
+            logger.debug("%s feeds a float layer, so the released %s cannot be dropped", layer.name, followers[0].name)
+            continue
+
+        slopes = followers[0].get_weights()[0].reshape(-1)
+        if layer.name in channel_maps:
+            slopes = slopes[channel_maps[layer.name]]
+        gamma, beta, mean, variance = layer.get_weights()
+        negative = slopes < 0
+        layer.set_weights([np.where(negative, 0.0, gamma), np.where(negative, 1.0, beta), mean, variance])
+        note = f"{followers[0].name} folded in ({int(negative.sum())} channels with a negative slope output 1)"
+        report.adapted[layer.name] = f"{report.adapted[layer.name]}, {note}" if layer.name in report.adapted else note
+        if layer.name in report.copied:
+            report.copied.remove(layer.name)
 
 
 def _shift_sign_thresholds(model: Any, sources: dict[str, Any], report: InitReport) -> None:

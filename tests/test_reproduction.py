@@ -91,7 +91,7 @@ def randomize_weights(model: Any, seed: int = 0) -> None:
         if "moving_variance" in weight.name:
             values = rng.uniform(0.5, 1.5, weight.shape)
         elif "alpha" in weight.name:
-            values = rng.uniform(0.05, 0.5, weight.shape)
+            values = rng.choice([-1.0, 1.0], weight.shape) * rng.uniform(0.05, 0.5, weight.shape)
         else:
             values = rng.normal(0.0, 0.5, weight.shape)
         weight.assign(values.astype(np.float32))
@@ -264,6 +264,7 @@ def test_deployable_init_is_exact() -> None:
     assert report.fresh == {}
     assert "repeated 2x" in report.adapted["head_entry_conv"]
     assert "folded" in report.adapted["lfe0_mix1"]
+    assert "head_expand_prelu folded in" in report.adapted["head_expand_bn"]
     cosine = np.sum(expected * actual, axis=1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(actual, axis=1)
     assert cosine.min() > 0.9999
 

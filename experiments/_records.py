@@ -24,6 +24,7 @@ __all__ = [
     "append_results",
     "command_line",
     "describe_machine",
+    "display_path",
     "load_config",
     "machine_info",
     "resolve_path",
@@ -95,6 +96,14 @@ def resolve_path(value: str | Path | None) -> Path | None:
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def display_path(path: str | Path) -> str:
+    """Return ``path`` relative to the project root when it lies inside it, else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def machine_info() -> dict[str, Any]:

@@ -63,16 +63,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "efficiency.yaml"
 
 # Sections and keys of a config, with their defaults. ``models`` is a list of mappings with
-# ``name``, ``spec`` and optionally ``role`` (released or deployable), ``released`` (the
-# released .h5, loaded into the thesis spec or used to initialise another BinaryFaceNet spec)
-# and ``thesis`` (the thesis' figures).
+# ``name``, ``spec`` and optionally ``role`` (released or deployable), ``weights`` (Keras
+# weights), ``released`` (the released .h5, loaded into the thesis spec or used to initialise
+# another BinaryFaceNet spec) and ``thesis`` (the thesis' figures).
 SCHEMA: dict[str, Any] = {
     "models": [],
     "target": {"spec": "local", "num_threads": 1, "warmup_runs": 5, "num_runs": 20, "rounds": 3},
     "limit": {"reference": "QuickNet", "max_ratio": 1.5},
     "output": {"folder": "runs/efficiency"},
 }
-MODEL_KEYS = {"name", "spec", "role", "released", "thesis"}
+MODEL_KEYS = {"name", "spec", "role", "released", "weights", "thesis"}
 THESIS_KEYS = ("binary_macs", "float_macs", "size_mb", "params", "seconds", "fps")
 QUICK_TARGET = {"warmup_runs": 1, "num_runs": 3, "rounds": 1}
 
@@ -122,7 +122,7 @@ def _stand_in(layer: Any) -> Any:
 
 
 def _build(entry: Mapping[str, Any]) -> tuple[Any, Any]:
-    """Build the entry's spec; with ``released``, load or initialise the released weights.
+    """Build the entry's spec and load its ``weights``, or load or initialise the ``released`` ones.
 
     Weights matter to the option choice: the interpreter's option sets must agree on the
     output, and DoReFa signs near zero flip differently between them for untrained weights.
@@ -137,7 +137,10 @@ def _build(entry: Mapping[str, Any]) -> tuple[Any, Any]:
         spec = load_spec(path)
     model = build_model(spec, seed=0)
     released = resolve_path(entry.get("released"))
-    if released is not None and path.resolve() == THESIS_SPEC:
+    weights = resolve_path(entry.get("weights"))
+    if weights is not None:
+        model.load_weights(str(weights))
+    elif released is not None and path.resolve() == THESIS_SPEC:
         load_released_weights(model, released)
     elif released is not None:
         init_from_released(model, released)
@@ -286,7 +289,7 @@ def _check_models(models: Any, source: str) -> None:
         unknown = sorted(set(entry) - MODEL_KEYS)
         if unknown:
             raise ExperimentError(f"{source}: unknown key models[{index}].{unknown[0]}; allowed: {', '.join(sorted(MODEL_KEYS))}")
-        for key in ("spec", "released"):
+        for key in ("spec", "released", "weights"):
             path = resolve_path(entry.get(key))
             if key in entry and (path is None or not path.is_file()):
                 raise ExperimentError(f"{source}: models[{index}].{key} not found: {path}")

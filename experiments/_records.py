@@ -25,6 +25,7 @@ __all__ = [
     "command_line",
     "describe_machine",
     "display_path",
+    "iso_date",
     "load_config",
     "machine_info",
     "resolve_path",
@@ -168,6 +169,11 @@ def append_results(markdown: str, page: Path = RESULTS_PAGE) -> None:
             handle.write("\n" + markdown.rstrip("\n") + "\n")
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def iso_date(stamp: str) -> str:
+    """Return the ``YYYY-MM-DD`` date of a :func:`timestamp` string."""
+    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}"
 
 
 def timestamp() -> str:

@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,39 @@ def iso_date(stamp: str) -> str:
 def timestamp() -> str:
     """Return the current UTC time as ``YYYYmmdd-HHMMSS`` for result folders."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def experiment_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    quick_help: str,
+    default_config: Path,
+    run: Callable[..., dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> int:
+    """Parse the experiments' shared options, call ``run`` and print ``report`` of its document.
+
+    Returns 2 with one ``error:`` line when ``run`` raises a ``BinaryFaceError``.
+    """
+    import argparse
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, default=default_config, help="experiment config (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-record", action="store_true", help="do not append a section to experiments/RESULTS.md")
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        document = run(args.config, quick=args.quick, record=not args.no_record, argv=arguments)
+    except BinaryFaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    print(report(document))
+    return 0

@@ -28,10 +28,8 @@ Commands (each writes runs/<name>/<time>/ and appends a section to experiments/R
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,8 +39,8 @@ from typing import Any
 import numpy as np
 
 import experiments  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from blocks.errors import BinaryFaceError
 from experiments._records import (
+    experiment_main,
     ExperimentError,
     append_results,
     command_line,
@@ -353,26 +351,15 @@ def run(config_path: Path, *, quick: bool = False, record: bool = True, argv: Se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return experiment_main(
+        argv,
         prog="python -m experiments.accuracy",
         description="Score BinaryFaceNet models on LFW View 1 pairs, at full and very low resolution.",
+        quick_help=f"first {QUICK_PAIRS} pairs only, no RESULTS.md section",
+        default_config=DEFAULT_CONFIG,
+        run=run,
+        report=lambda document: f"{format_tables(document)}\n\nwrote {document['outputs']['json']} and {document['outputs']['markdown']}",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment config (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_PAIRS} pairs only, no RESULTS.md section")
-    parser.add_argument("--no-record", action="store_true", help="do not append a section to experiments/RESULTS.md")
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    try:
-        document = run(args.config, quick=args.quick, record=not args.no_record, argv=arguments)
-    except BinaryFaceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    print(format_tables(document))
-    print(f"\nwrote {document['outputs']['json']} and {document['outputs']['markdown']}")
-    return 0
 
 
 if __name__ == "__main__":

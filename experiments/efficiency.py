@@ -35,10 +35,8 @@ experiments/RESULTS.md)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -46,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import experiments  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from blocks.errors import BinaryFaceError
 from experiments._records import (
+    experiment_main,
     ExperimentError,
     append_results,
     command_line,
@@ -439,26 +437,15 @@ def run(config_path: Path, *, quick: bool = False, record: bool = True, argv: Se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return experiment_main(
+        argv,
         prog="python -m experiments.efficiency",
         description="Measure MACs, size, binary-kernel share and latency of BinaryFaceNet and its baselines.",
+        quick_help="1 warm-up and 3 timed runs per setting, no RESULTS.md section",
+        default_config=DEFAULT_CONFIG,
+        run=run,
+        report=lambda document: f"{format_tables(document)}\n\nwrote {document['outputs']['json']} and {document['outputs']['markdown']}",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment config (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="1 warm-up and 3 timed runs per setting, no RESULTS.md section")
-    parser.add_argument("--no-record", action="store_true", help="do not append a section to experiments/RESULTS.md")
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    try:
-        document = run(args.config, quick=args.quick, record=not args.no_record, argv=arguments)
-    except BinaryFaceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    print(format_tables(document))
-    print(f"\nwrote {document['outputs']['json']} and {document['outputs']['markdown']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -37,10 +37,8 @@ Command (writes runs/finetune/<time>/ with the weights, and copies them to
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -50,8 +48,8 @@ from typing import Any
 import numpy as np
 
 import experiments  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from blocks.errors import BinaryFaceError
 from experiments._records import (
+    experiment_main,
     ExperimentError,
     append_results,
     command_line,
@@ -361,28 +359,15 @@ def run(config_path: Path, *, quick: bool = False, record: bool = True, argv: Se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return experiment_main(
+        argv,
         prog="python -m experiments.finetune_binaryfacenet",
         description="Distil the released BinaryFaceNet into the deployable spec on LFW View-1 training images.",
+        quick_help="48 images, one epoch, no RESULTS.md section and no copy to output.latest",
+        default_config=DEFAULT_CONFIG,
+        run=run,
+        report=lambda document: f"{format_summary(document)}\n\nwrote {document['outputs']['json']}",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment config (default: %(default)s)")
-    parser.add_argument(
-        "--quick", action="store_true", help="48 images, one epoch, no RESULTS.md section and no copy to output.latest"
-    )
-    parser.add_argument("--no-record", action="store_true", help="do not append a section to experiments/RESULTS.md")
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(arguments)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    try:
-        document = run(args.config, quick=args.quick, record=not args.no_record, argv=arguments)
-    except BinaryFaceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    print(format_summary(document))
-    print(f"\nwrote {document['outputs']['json']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What a network is: block registry, YAML specs, Keras builder, statistics and LCE audit."""
+"""Network definitions: block registry, YAML specs, Keras builder, statistics and LCE audit."""
 
 import os
 

@@ -85,8 +85,8 @@ def convert_model(model: Any) -> tuple[bytes, list[str]]:
     """Convert ``model`` with LCE; return the flatbuffer and the converter's error lines.
 
     LCE's converter prints some problems (for example a grouped binary conv it cannot
-    convert) to the process' stderr and still returns a model; those lines are returned
-    so that callers can report them. A failed conversion raises ``ConversionError``.
+    convert) to the process' stderr and still returns a model. Those lines are returned so
+    that callers can report them. A failed conversion raises ``ConversionError``.
     """
     import larq_compute_engine as lce
 
@@ -182,7 +182,7 @@ def _read_flatbuffer(flatbuffer: bytes) -> tuple[Counter, list[dict[str, Any]]]:
             output_shape = tuple(int(v) for v in subgraph.tensors[op.outputs[0]].shape)
             filter_shape = [int(v) for v in subgraph.tensors[op.inputs[1]].shape]
             channels_in = int(options["channels_in"])
-            # The filter is bit-packed in 32-bit words along input channels; a grouped binary
+            # The filter is bit-packed in 32-bit words along input channels. A grouped binary
             # conv has a multiple of 32 channels per group, so the words give the group size.
             packed_channels = filter_shape[3] * 32
             per_group = packed_channels if packed_channels < channels_in else channels_in

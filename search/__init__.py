@@ -1,4 +1,4 @@
-"""How candidates are found: face data, ArcFace training, evaluation, Optuna study."""
+"""Candidate search: face data, ArcFace training, evaluation, Optuna study."""
 
 import os
 

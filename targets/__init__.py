@@ -1,4 +1,4 @@
-"""Where latency is measured: the Target contract, local interpreter, SSH device agent."""
+"""Latency targets: the Target contract, local interpreter, SSH device agent."""
 
 import os
 

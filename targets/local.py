@@ -343,7 +343,8 @@ class LocalTarget(Target):
             for candidate in agreeing:
                 timings[candidate.name].append(candidate.time_one(inputs))
         medians = {name: statistics.median(values) for name, values in timings.items()}
-        report.update({name: round(value, 4) for name, value in medians.items()})
+        # Unrounded, so that the reported minimum is always the chosen set.
+        report.update(medians)
         best = min(agreeing, key=lambda candidate: medians[candidate.name])
         return best, report
 

@@ -1,6 +1,6 @@
 """Print a spec's statistics and its LCE audit, per layer and in total.
 
-Usage: ``python -m blocks.inspect SPEC [--json] [--weights H5]``.
+Usage: ``python -m blocks.inspect SPEC [--json] [--weights H5] [--tflite OUT]``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +29,7 @@ class Inspection:
     stats: Any
     audit: Any
     allocation: dict[str, str | None]
+    flatbuffer: bytes = field(default=b"", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         audit = self.audit.to_dict()
@@ -74,7 +75,7 @@ def inspect_spec(spec: Spec, *, weights: str | Path | None = None) -> Inspection
     flatbuffer, messages = convert_model(model)
     audit = audit_flatbuffer(flatbuffer, model, messages=messages)
     allocation = check_allocation(flatbuffer)
-    return Inspection(spec, stats, audit, allocation)
+    return Inspection(spec, stats, audit, allocation, flatbuffer)
 
 
 def format_report(inspection: Inspection) -> str:
@@ -128,6 +129,19 @@ def format_report(inspection: Inspection) -> str:
     return "\n".join(lines)
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so that no partial file is left."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as error:
+        if partial.is_file():
+            partial.unlink()
+        raise BinaryFaceError(f"cannot write {path}: {error.strerror}") from error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m blocks.inspect",
@@ -136,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("spec", type=Path, help="spec YAML file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--weights", type=Path, help="Keras weights (.h5) to load before converting")
+    parser.add_argument("--tflite", type=Path, help="also write the converted LCE flatbuffer to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -144,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", DeploymentWarning)
             spec = load_spec(args.spec)
         inspection = inspect_spec(spec, weights=args.weights)
+        if args.tflite is not None:
+            write_atomically(args.tflite, inspection.flatbuffer)
     except BinaryFaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ __all__ = [
     "EvaluationReport",
     "EvaluationRow",
     "Embedder",
+    "batch_coupled_layers",
     "embed",
     "embed_keras",
     "embed_tflite",
@@ -130,11 +131,39 @@ def _square_input_size(shape: Sequence[int | None], description: str) -> int:
     return int(height)
 
 
+def batch_coupled_layers(model: Any) -> list[str]:
+    """Return the names of the layers whose output for one image depends on the rest of the batch.
+
+    larq's ``DoReFa(mode="weights")`` divides by the maximum of ``tanh`` over the whole input
+    tensor, batch axis included. As an input quantizer (the thesis' BinaryFaceNet uses it so),
+    that maximum moves the 1-bit threshold of near-zero activations, so an image's embedding
+    changes with the other images of its batch.
+    """
+    names = []
+    for layer in model.submodules:
+        quantizer = getattr(layer, "input_quantizer", None)
+        if type(quantizer).__name__ == "DoReFa" and getattr(quantizer, "mode", None) == "weights":
+            names.append(layer.name)
+    return names
+
+
 def keras_embedder(model: Any, *, batch_size: int = 64, progress: bool = False) -> Embedder:
-    """Wrap a ``tf.keras.Model`` whose single output is the embedding."""
+    """Wrap a ``tf.keras.Model`` whose single output is the embedding.
+
+    A model with batch-coupled layers (see `batch_coupled_layers`) embeds one image per call,
+    as a deployed model does, whatever ``batch_size`` asks for.
+    """
     if len(model.outputs) != 1:
         raise EvaluationError(f"the model must have one output (the embedding), it has {len(model.outputs)}")
     input_size = _square_input_size(tuple(model.inputs[0].shape), f"model {model.name!r}")
+    coupled = batch_coupled_layers(model)
+    if coupled and batch_size > 1:
+        logger.info(
+            "model %r: %d layers (%s first) quantize their input with DoReFa(mode='weights'), which depends "
+            "on the whole batch; embedding one image at a time",
+            model.name, len(coupled), coupled[0],
+        )
+        batch_size = 1
 
     def run_batch(batch: np.ndarray) -> np.ndarray:
         # A short last batch is padded so the compiled predict function is traced only once.

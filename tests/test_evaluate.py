@@ -16,6 +16,7 @@ from conftest import face_pattern
 from search.evaluate import (
     EvalData,
     EvaluationError,
+    batch_coupled_layers,
     embed,
     embed_keras,
     embed_tflite,
@@ -262,3 +263,39 @@ def test_spec_with_weights(tmp_path: Path, aligned_folder: Path, capsys: pytest.
                    "--protocol", "folder", "--eval-fraction", "1.0", "--quiet"])
     assert status == 0
     assert "full resolution" in capsys.readouterr().out
+
+
+def dorefa_model():  # type: ignore[no-untyped-def]
+    """A model whose 1-bit input quantizer divides by the maximum over the whole batch."""
+    lq = pytest.importorskip("larq")
+    inputs = tf.keras.Input((4, 4, 3))
+    # The ninth power keeps a near-grey image's values near 1e-18 and a white one's near 1.
+    powered = tf.keras.layers.Lambda(lambda t: t**9)(inputs)
+    conv = lq.layers.QuantConv2D(
+        1, 1, use_bias=False, kernel_initializer="ones", name="qconv",
+        input_quantizer=lq.quantizers.DoReFa(k_bit=1, mode="weights"),
+    )(powered)
+    return tf.keras.Model(inputs, tf.keras.layers.Flatten()(conv), name="dorefa")
+
+
+def test_keras_embedder_batch_coupled() -> None:
+    model = dorefa_model()
+    grey = np.full((4, 4, 3), 129, dtype=np.uint8)
+    white = np.full((4, 4, 3), 255, dtype=np.uint8)
+    crops = np.stack([grey, white])
+    normalised = (crops.astype(np.float32) - 127.5) / 128
+
+    embedder = keras_embedder(model, batch_size=2)
+
+    assert batch_coupled_layers(model) == ["qconv"]
+    assert embedder.batch_size == 1
+    # Alone, the grey image's tiny positive values binarize to +1; beside the white one the
+    # batch maximum pushes them under float32's resolution around 0.5 and they become -1.
+    np.testing.assert_array_equal(model.predict_on_batch(normalised[:1])[0], np.full(16, 3.0))
+    np.testing.assert_array_equal(model.predict_on_batch(normalised)[0], np.full(16, -3.0))
+    np.testing.assert_array_equal(embedder(crops)[0], np.full(16, 3.0))
+
+
+def test_keras_embedder_sign_quantizers() -> None:
+    assert batch_coupled_layers(tiny_model()) == []
+    assert keras_embedder(tiny_model(), batch_size=16).batch_size == 16

@@ -137,3 +137,26 @@ def test_missing_spec_argument(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert info.value.code == 2
     assert "the following arguments are required: spec" in capsys.readouterr().err
+
+
+def test_tflite_output(tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from targets.base import is_tflite_flatbuffer
+
+    out = tmp_path / "models" / "tiny.tflite"
+    status = main([str(tiny_spec), "--json", "--tflite", str(out)])
+    data = json.loads(capsys.readouterr().out)
+
+    assert status == 0
+    assert is_tflite_flatbuffer(out.read_bytes())
+    assert len(out.read_bytes()) == data["flatbuffer_bytes"]
+    assert list(out.parent.iterdir()) == [out]
+
+
+def test_tflite_output_unwritable(tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    status = main([str(tiny_spec), "--tflite", str(blocker / "tiny.tflite")])
+
+    assert status == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {blocker / 'tiny.tflite'}")

@@ -109,10 +109,10 @@ def embedder_for(model: Any, runtime: str, check_images: np.ndarray | None = Non
 
     Each VLR mode embeds the full-resolution images again, so the memo returns the embeddings
     of an image batch seen before instead of recomputing them. An ``lce`` embedder is checked
-    against Keras on ``check_images``, and a difference is logged as a warning. The check
-    exists because LCE 0.16's XNNPACK delegate, which ``search.evaluate.tflite_embedder``
-    enables, computes a float conv with "same" padding wrong when its stride exceeds its
-    kernel and no padding results (3x3 with stride 4 on 112 px).
+    against Keras on ``check_images``, and a difference is logged as a warning. LCE 0.16's
+    XNNPACK delegate computes a float conv with "same" padding wrong when its stride exceeds
+    its kernel (3x3 with stride 4 on 112 px); ``search.evaluate.tflite_embedder`` then runs
+    without XNNPACK, and this check confirms the result.
     """
     from search.evaluate import keras_embedder, tflite_embedder
 

@@ -27,6 +27,7 @@ from search.evaluate import (
     load_embedder,
     main,
     report_to_json,
+    tflite_embedder,
 )
 from search.metrics import fuse_flip, l2_normalize
 from test_data import write_mini_lfw
@@ -299,3 +300,20 @@ def test_keras_embedder_batch_coupled() -> None:
 def test_keras_embedder_sign_quantizers() -> None:
     assert batch_coupled_layers(tiny_model()) == []
     assert keras_embedder(tiny_model(), batch_size=16).batch_size == 16
+
+
+def test_tflite_embedder_drops_wrong_xnnpack(caplog: pytest.LogCaptureFixture) -> None:
+    from larq_compute_engine import convert_keras_model
+
+    # LCE 0.16's XNNPACK delegate gets this conv wrong: 3x3, stride 4, "same" padding, 112 px.
+    inputs = tf.keras.Input((112, 112, 3))
+    features = tf.keras.layers.Conv2D(8, 3, strides=4, padding="same", kernel_initializer="glorot_normal")(inputs)
+    outputs = tf.keras.layers.Flatten()(tf.keras.layers.AveragePooling2D(7)(features))
+    model = tf.keras.Model(inputs, outputs)
+    crops = np.stack([face_pattern(identity, 0, 112, 112) for identity in range(3)])
+
+    with caplog.at_level("WARNING", logger="search.evaluate"):
+        deployed = tflite_embedder(convert_keras_model(model))(crops)
+
+    assert "running without it" in caplog.text
+    np.testing.assert_allclose(deployed, keras_embedder(model)(crops), rtol=1e-4, atol=1e-4)

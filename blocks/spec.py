@@ -204,6 +204,9 @@ class _Validator:
         seen: set[str] = set()
         for index, entry in enumerate(data["blocks"]):
             block = self.block(entry, index, seen)
+            if blocks and blocks[-1].block == "output_head":
+                message = f"block {block.name!r} follows output head {blocks[-1].name!r}, which flattens the map; the output head must be last"
+                raise self.error(message, f"blocks[{index}]")
             shape = self.infer_shape(block, index, shape, context)
             blocks.append(block)
             shapes.append(shape)

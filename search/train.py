@@ -128,6 +128,8 @@ def train_arcface(
     def train_step(batch_images: Any, batch_labels: Any) -> Any:
         with tf.GradientTape() as tape:
             embeddings = backbone(batch_images, training=True)
+            # A backbone that ends in a 1x1 map (no output head) gives (N, 1, 1, D).
+            embeddings = tf.reshape(embeddings, (-1, int(np.prod(embeddings.shape[1:]))))
             logits = head([embeddings, batch_labels])
             loss = loss_fn(batch_labels, logits)
         variables = backbone.trainable_variables + head.trainable_variables

@@ -172,6 +172,12 @@ def test_unknown_block() -> None:
         parse_spec(text)
 
 
+def test_block_after_output_head() -> None:
+    text = spec_text("- {block: conv_unit, filters: 32}\n- {block: output_head, name: out}\n- {block: conv_unit, name: late, filters: 32}")
+    with pytest.raises(SpecError, match=where(6, "blocks[2]") + re.escape("block 'late' follows output head 'out'")):
+        parse_spec(text)
+
+
 def test_missing_block_key() -> None:
     text = spec_text("- {block: conv_unit, filters: 32}\n- {filters: 32}")
     with pytest.raises(SpecError, match=where(5, "blocks[1]") + "missing required key 'block' \\(one of: conv_unit, "):

@@ -102,6 +102,8 @@ class Embedder:
         self.batch_size = batch_size
         self.description = description
         self.progress = progress
+        # The runtime's settings, as far as the embedder knows them.
+        self.options: dict[str, Any] = {}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -243,12 +245,15 @@ def tflite_embedder(flatbuffer: bytes, *, num_threads: int = 1, progress: bool =
                     difference, XNNPACK_RTOL,
                 )
                 interpreter = load(False)
+                embedder.options["use_xnnpack"] = False
                 out = run_on(interpreter, batch)
         return out
 
     batch_size = 64 if model_batch == 1 else model_batch
-    return Embedder(run_batch, input_size=input_size, batch_size=batch_size,
-                    description="the flatbuffer", progress=progress)
+    embedder = Embedder(run_batch, input_size=input_size, batch_size=batch_size,
+                        description="the flatbuffer", progress=progress)
+    embedder.options = {"use_indirect_bgemm": True, "use_xnnpack": True, "num_threads": num_threads}
+    return embedder
 
 
 def load_keras_model(path: str | Path, *, weights: str | Path | None = None) -> Any:

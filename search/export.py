@@ -37,7 +37,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,6 +94,7 @@ class ParityResult:
     min_cosine: float
     images: int
     threshold: float
+    interpreter: dict[str, Any] = field(default_factory=lambda: dict(INTERPRETER_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def select_trial(study: Any, records: Sequence[TrialRecord], number: int | None,
 def check_parity(model: Any, flatbuffer: bytes, images: np.ndarray, *, threshold: float = PARITY_MIN_COSINE) -> ParityResult:
     """Compare the flatbuffer's embeddings with the Keras model's on uint8 RGB crops.
 
-    The flatbuffer runs in LCE's interpreter with ``INTERPRETER_OPTIONS``.
+    The flatbuffer runs in LCE's interpreter with ``INTERPRETER_OPTIONS``, without XNNPACK
+    where XNNPACK changes its output (see `search.evaluate.tflite_embedder`).
 
     Raises:
         ParityError: the mean cosine similarity is below ``threshold`` or not finite.
@@ -152,11 +154,13 @@ def check_parity(model: Any, flatbuffer: bytes, images: np.ndarray, *, threshold
     if len(images) == 0:
         raise ExportError("the parity check needs at least one face crop, the data gave none")
     reference = keras_embedder(model, batch_size=min(len(images), 32))(images)
-    deployed = tflite_embedder(flatbuffer, num_threads=INTERPRETER_OPTIONS["num_threads"])(images)
+    embedder = tflite_embedder(flatbuffer, num_threads=INTERPRETER_OPTIONS["num_threads"])
+    deployed = embedder(images)
     cosines = _row_cosines(reference, deployed)
 
     mean = float(np.mean(cosines))
-    result = ParityResult(mean_cosine=mean, min_cosine=float(np.min(cosines)), images=len(images), threshold=threshold)
+    result = ParityResult(mean_cosine=mean, min_cosine=float(np.min(cosines)), images=len(images), threshold=threshold,
+                          interpreter=dict(embedder.options))
     if not math.isfinite(mean) or mean < threshold:
         raise ParityError(
             f"LCE and Keras embeddings differ: mean cosine {mean:.6f} over {len(images)} face crops is below "
@@ -459,7 +463,7 @@ def _card(
             "converter_messages": audit.converter_messages,
         },
         "parity": {**asdict(parity), "mean_cosine": round(parity.mean_cosine, 6),
-                   "min_cosine": round(parity.min_cosine, 6), "interpreter": INTERPRETER_OPTIONS},
+                   "min_cosine": round(parity.min_cosine, 6), "interpreter": parity.interpreter},
         "files": {name: {"sha256": hashes[name], "bytes": len(files[name])} for name in files},
         "reproduce": {"export": command, "evaluate": evaluate, "search": study.user_attrs.get("command")},
     }

@@ -17,8 +17,10 @@ study database is created: a bad value prints one ``error:`` line and exits with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -85,6 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-flip", action="store_true", help="score without horizontal-flip embedding averaging")
     parser.add_argument("--quiet", action="store_true", help="print only warnings, errors and the final table; no progress bars")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     if not (math.isfinite(args.budget_ms) and args.budget_ms > 0):
         parser.error(f"--budget-ms must be a positive number of milliseconds, got {args.budget_ms:g}")
@@ -155,6 +158,7 @@ def _run(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, Any]]:
     space = load_space(args.space)
     target = _make_target(args)
     data_root = args.data if args.data is not None else _cached_lfw(args.cache_dir)
+    config = dataclasses.replace(config, data=str(data_root), command=recorded_command(args.argv))
     data = load_face_folder(data_root, seed=args.seed, align=args.align, cache_dir=args.cache_dir, progress=not args.quiet)
 
     log.info(
@@ -167,6 +171,16 @@ def _run(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, Any]]:
         study = run_search(config, space, data, target)
     records = study_records(study)
     return study, records, search_summary(records, config)
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+    """Return the command line of this run as a study records it, without database passwords."""
+    from search.dashboard import redact_url
+
+    words = ["python", "-m", "search.run"]
+    for word in argv:
+        words.append(redact_url(word) if "://" in word else word)
+    return shlex.join(words)
 
 
 def _make_target(args: argparse.Namespace) -> Any:

@@ -103,7 +103,8 @@ class SearchConfig:
     ``"halving"`` for ``accuracy`` and ``"none"`` for ``pareto``. ``heartbeat_s`` and
     ``grace_s`` set Optuna's heartbeat: a RUNNING trial whose worker has not beaten for
     ``grace_s`` seconds is failed and queued again. ``poll_s`` is how often a worker that
-    waits for the last trials of other workers checks the storage.
+    waits for the last trials of other workers checks the storage. ``data`` (the face folder)
+    and ``command`` are recorded in a new study.
     """
 
     budget_ms: float
@@ -121,6 +122,8 @@ class SearchConfig:
     heartbeat_s: int = 60
     grace_s: int = 180
     poll_s: float = 10.0
+    data: str | None = None
+    command: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.budget_ms, (int, float)) and math.isfinite(self.budget_ms) and self.budget_ms > 0):
@@ -807,6 +810,12 @@ def _check_study(study: Any, config: SearchConfig, space: SearchSpace | None) ->
     expected = {"objective": config.objective, "budget_ms": float(config.budget_ms), "epochs": float(config.train.epochs)}
     if space is not None:
         expected["space"] = space.name
+    # The face folder and the command that started the study, for the report's and the
+    # model card's reproduce commands.
+    if config.data is not None:
+        expected["data"] = config.data
+    if config.command is not None:
+        expected["command"] = config.command
     for key, value in expected.items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)

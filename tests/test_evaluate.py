@@ -313,7 +313,9 @@ def test_tflite_embedder_drops_wrong_xnnpack(caplog: pytest.LogCaptureFixture) -
     crops = np.stack([face_pattern(identity, 0, 112, 112) for identity in range(3)])
 
     with caplog.at_level("WARNING", logger="search.evaluate"):
-        deployed = tflite_embedder(convert_keras_model(model))(crops)
+        embedder = tflite_embedder(convert_keras_model(model))
+        deployed = embedder(crops)
 
     assert "running without it" in caplog.text
+    assert embedder.options == {"use_indirect_bgemm": True, "use_xnnpack": False, "num_threads": 1}
     np.testing.assert_allclose(deployed, keras_embedder(model)(crops), rtol=1e-4, atol=1e-4)

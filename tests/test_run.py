@@ -9,9 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 
-from search.run import main
+from search.run import main, recorded_command
 
 ERROR_CASES = [
     (
@@ -110,6 +111,15 @@ def test_main_searches_generated_faces(tmp_path: Path, tiny_space: Path, make_fa
     assert summary["epochs_trained"] == sum(record["epochs_trained"] for record in records)
     assert (out / "best.yaml").is_file()
     assert (out / "models" / "tiny_trial0000.weights.h5").is_file()
+    attrs = optuna.load_study(study_name="binaryfacenet", storage=f"sqlite:///{out / 'study.db'}").user_attrs
+    assert attrs["data"] == str(faces)
+    assert attrs["command"].startswith(f"python -m search.run --budget-ms 1000 --data {faces} ")
+
+
+def test_recorded_command_hides_passwords() -> None:
+    command = recorded_command(["--budget-ms", "5", "--storage", "postgresql://user:secret@127.0.0.1:5432/db"])
+
+    assert command == "python -m search.run --budget-ms 5 --storage 'postgresql://user:***@127.0.0.1:5432/db'"
 
 
 @pytest.mark.slow

@@ -195,13 +195,20 @@ def tflite_embedder(flatbuffer: bytes, *, num_threads: int = 1, progress: bool =
     """
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
+    from targets.base import flatbuffer_problem
+
+    problem = flatbuffer_problem(flatbuffer)
+    if problem is not None:
+        raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {problem}")
+
     def load(use_xnnpack: bool) -> Any:
         try:
             return Interpreter(
                 flatbuffer, num_threads=num_threads, use_indirect_bgemm=True, use_xnnpack=use_xnnpack
             )
         except (RuntimeError, ValueError) as error:
-            raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {error}") from error
+            cause = " ".join(str(error).split()) or type(error).__name__
+            raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {cause}") from error
 
     interpreter = load(True)
     checked = False
@@ -311,7 +318,10 @@ def load_embedder(
             flatbuffer = path.read_bytes()
         except OSError as error:
             raise EvaluationError(f"cannot read flatbuffer {path}: {error.strerror}") from error
-        return tflite_embedder(flatbuffer, num_threads=num_threads, progress=progress)
+        try:
+            return tflite_embedder(flatbuffer, num_threads=num_threads, progress=progress)
+        except EvaluationError as error:
+            raise EvaluationError(f"{path}: {error}") from error
     model = load_keras_model(path, weights=weights)
     return keras_embedder(model, batch_size=batch_size, progress=progress)
 

@@ -20,6 +20,7 @@ __all__ = [
     "TargetError",
     "TargetUnavailable",
     "TransientTargetError",
+    "flatbuffer_problem",
     "is_tflite_flatbuffer",
 ]
 
@@ -72,6 +73,30 @@ class BenchmarkTimeout(TargetError):
 def is_tflite_flatbuffer(flatbuffer: bytes) -> bool:
     """Return whether ``flatbuffer`` carries the TFLite file identifier ``TFL3``."""
     return len(flatbuffer) >= 8 and flatbuffer[4:8] == TFLITE_IDENTIFIER
+
+
+def flatbuffer_problem(flatbuffer: bytes) -> str | None:
+    """Return why ``flatbuffer`` cannot be a complete TFLite model, or ``None`` when it can.
+
+    TFLite's and LCE's interpreters read a truncated flatbuffer past its end and crash the
+    process, so every table and vector is unpacked here first (with TensorFlow's schema
+    module, about 20 ms for a 2 MB model); an out-of-range offset raises instead.
+    """
+    if not flatbuffer:
+        return "the file is empty"
+    if not is_tflite_flatbuffer(flatbuffer):
+        return f"not a TFLite flatbuffer ({len(flatbuffer)} bytes without the TFL3 identifier)"
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    try:
+        model = schema.ModelT.InitFromPackedBuf(bytes(flatbuffer), 0)
+    except Exception as error:  # noqa: BLE001  (struct, numpy and flatbuffers raise several kinds)
+        return f"truncated or corrupt TFLite flatbuffer ({len(flatbuffer)} bytes): {error}"
+    for buffer in model.buffers or []:
+        # Models over 2 GB keep tensor data after the flatbuffer, at an offset and size.
+        if buffer.offset and buffer.offset + buffer.size > len(flatbuffer):
+            return f"truncated TFLite flatbuffer: tensor data ends at byte {buffer.offset + buffer.size}, the file has {len(flatbuffer)}"
+    return None
 
 
 @dataclasses.dataclass

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from targets import runner as runner_module
-from targets.base import BenchmarkTimeout, Latency, ModelRejected, Target, TargetError, is_tflite_flatbuffer
+from targets.base import (
+    BenchmarkTimeout,
+    Latency,
+    ModelRejected,
+    Target,
+    TargetError,
+    flatbuffer_problem,
+    is_tflite_flatbuffer,
+)
 from targets.runner import random_inputs
 
 __all__ = ["OPTION_SETS", "LocalTarget", "cpu_model"]
@@ -358,6 +366,9 @@ class LocalTarget(Target):
                 f"{name}: not a TFLite flatbuffer ({len(flatbuffer)} bytes without the TFL3 identifier); "
                 "pass the bytes that larq_compute_engine.convert_keras_model returns"
             )
+        problem = flatbuffer_problem(flatbuffer)
+        if problem is not None:
+            raise ModelRejected(f"{name}: {problem}")
         started_at = time.time()
         before = {"loadavg": list(os.getloadavg())}
 

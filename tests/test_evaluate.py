@@ -7,6 +7,7 @@ import json
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -319,3 +320,24 @@ def test_tflite_embedder_drops_wrong_xnnpack(caplog: pytest.LogCaptureFixture) -
     assert "running without it" in caplog.text
     assert embedder.options == {"use_indirect_bgemm": True, "use_xnnpack": False, "num_threads": 1}
     np.testing.assert_allclose(deployed, keras_embedder(model)(crops), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"hello this is text\n", "not a TFLite flatbuffer (19 bytes without the TFL3 identifier)"),
+        ("truncated", "truncated or corrupt TFLite flatbuffer"),
+    ],
+)
+def test_load_embedder_bad_flatbuffer(tmp_path: Path, content: Any, message: str) -> None:
+    from larq_compute_engine import convert_keras_model
+
+    if content == "truncated":
+        # LCE's interpreter crashes the process on a truncated flatbuffer instead of raising.
+        content = convert_keras_model(tiny_model(16))[:-200]
+    path = tmp_path / "model.tflite"
+    path.write_bytes(content)
+
+    with pytest.raises(EvaluationError, match=re.escape(f"{path}: LCE interpreter cannot load the flatbuffer: {message}")):
+        load_embedder(path)

@@ -63,11 +63,20 @@ def test_single_round_reports_sample_median(tiny_models: dict[str, Any]) -> None
     assert latency.warmup == 0
 
 
-def test_crashing_model_rejected_without_killing_caller(tiny_models: dict[str, Any]) -> None:
+def test_truncated_model_rejected(tiny_models: dict[str, Any]) -> None:
     truncated = tiny_models["binary"][:64]
 
-    with pytest.raises(ModelRejected, match="crashed: the interpreter died with SIGSEGV"):
+    with pytest.raises(ModelRejected, match=r"truncated: truncated or corrupt TFLite flatbuffer \(64 bytes\)"):
         get_target("local", **SMALL).measure(truncated, name="truncated")
+
+
+def test_crash_found_without_killing_caller(tiny_models: dict[str, Any]) -> None:
+    target = get_target("local", **SMALL)
+
+    # The interpreter reads past the end of a truncated flatbuffer, in a child process here.
+    crashes = target._find_crashes(tiny_models["binary"][:64], {"default": {}})
+
+    assert crashes["default"].startswith("crashed: the interpreter died with SIGSEGV")
 
 
 def test_wrong_output_option_set_dropped(

@@ -79,8 +79,8 @@ def flatbuffer_problem(flatbuffer: bytes) -> str | None:
     """Return why ``flatbuffer`` cannot be a complete TFLite model, or ``None`` when it can.
 
     TFLite's and LCE's interpreters read a truncated flatbuffer past its end and crash the
-    process, so every table and vector is unpacked here first (with TensorFlow's schema
-    module, about 20 ms for a 2 MB model); an out-of-range offset raises instead.
+    process. So every table and vector is unpacked here first, with TensorFlow's schema
+    module (about 20 ms for a 2 MB model), where an out-of-range offset raises instead.
     """
     if not flatbuffer:
         return "the file is empty"

@@ -158,7 +158,9 @@ def _run(args: argparse.Namespace) -> tuple[Any, list[Any], dict[str, Any]]:
     space = load_space(args.space)
     target = _make_target(args)
     data_root = args.data if args.data is not None else _cached_lfw(args.cache_dir)
-    config = dataclasses.replace(config, data=str(data_root), command=recorded_command(args.argv))
+    config = dataclasses.replace(
+        config, data=str(Path(data_root).resolve()), align=args.align, command=recorded_command(args.argv)
+    )
     data = load_face_folder(data_root, seed=args.seed, align=args.align, cache_dir=args.cache_dir, progress=not args.quiet)
 
     log.info(

@@ -103,8 +103,8 @@ class SearchConfig:
     ``"halving"`` for ``accuracy`` and ``"none"`` for ``pareto``. ``heartbeat_s`` and
     ``grace_s`` set Optuna's heartbeat: a RUNNING trial whose worker has not beaten for
     ``grace_s`` seconds is failed and queued again. ``poll_s`` is how often a worker that
-    waits for the last trials of other workers checks the storage. ``data`` (the face folder)
-    and ``command`` are recorded in a new study.
+    waits for the last trials of other workers checks the storage. ``data`` (the face folder),
+    ``align`` (its alignment mode) and ``command`` are recorded in a new study.
     """
 
     budget_ms: float
@@ -123,6 +123,7 @@ class SearchConfig:
     grace_s: int = 180
     poll_s: float = 10.0
     data: str | None = None
+    align: str | None = None
     command: str | None = None
 
     def __post_init__(self) -> None:
@@ -812,8 +813,17 @@ def _check_study(study: Any, config: SearchConfig, space: SearchSpace | None) ->
         expected["space"] = space.name
     # The face folder and the command that started the study, for the report's and the
     # model card's reproduce commands.
+    stored_data = study.user_attrs.get("data")
+    if config.data is not None and stored_data is not None and stored_data != config.data:
+        log.warning(
+            "study %r was run on the face folder %s and this run uses %s; their accuracies do not compare",
+            name, stored_data, config.data,
+        )
     if config.data is not None:
         expected["data"] = config.data
+        expected["seed"] = config.seed
+    if config.align is not None:
+        expected["align"] = config.align
     if config.command is not None:
         expected["command"] = config.command
     for key, value in expected.items():

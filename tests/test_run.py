@@ -112,8 +112,26 @@ def test_main_searches_generated_faces(tmp_path: Path, tiny_space: Path, make_fa
     assert (out / "best.yaml").is_file()
     assert (out / "models" / "tiny_trial0000.weights.h5").is_file()
     attrs = optuna.load_study(study_name="binaryfacenet", storage=f"sqlite:///{out / 'study.db'}").user_attrs
-    assert attrs["data"] == str(faces)
+    assert attrs["data"] == str(faces.resolve())
+    assert attrs["align"] == "none"
+    assert attrs["seed"] == 0
     assert attrs["command"].startswith(f"python -m search.run --budget-ms 1000 --data {faces} ")
+
+
+def test_main_warns_on_another_face_folder(
+    tmp_path: Path, tiny_space: Path, make_face_folder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_face_folder([4] * 6, name="first", size=(112, 112))
+    second = make_face_folder([4] * 5, name="second", size=(112, 112))
+    common = ["--budget-ms", "1000", "--space", str(tiny_space), "--trials", "1", "--epochs", "0.2",
+              "--out", str(tmp_path / "out"), "--align", "none", "--quiet"]
+    assert main(["--data", str(first), *common]) == 0
+
+    with caplog.at_level("WARNING", logger="search.study"):
+        status = main(["--data", str(second), *common])
+
+    assert status == 0
+    assert f"was run on the face folder {first.resolve()} and this run uses {second.resolve()}" in caplog.text
 
 
 def test_recorded_command_hides_passwords() -> None:

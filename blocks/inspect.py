@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,16 +131,34 @@ def format_report(inspection: Inspection) -> str:
     return "\n".join(lines)
 
 
+def check_output_path(path: Path, inputs: Sequence[Path]) -> None:
+    """Raise `BinaryFaceError` when ``path`` cannot take the flatbuffer, before any conversion."""
+    if not path.name or path.name in (".", ".."):
+        raise BinaryFaceError(f"--tflite {str(path)!r} names no file")
+    if path.is_dir():
+        raise BinaryFaceError(f"cannot write {path}: it is a folder")
+    for source in inputs:
+        if path.resolve() == source.resolve():
+            raise BinaryFaceError(f"cannot write {path}: it is an input of this command")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BinaryFaceError(f"cannot write {path}: {parent} is not a folder")
+            break
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so that no partial file is left."""
-    partial = path.with_name(path.name + ".partial")
+    """Write ``data`` to ``path`` through a temporary file beside it, so that no partial file is left."""
+    temporary: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(data)
-        partial.replace(path)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tflite-")
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
     except OSError as error:
-        if partial.is_file():
-            partial.unlink()
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
         raise BinaryFaceError(f"cannot write {path}: {error.strerror}") from error
 
 
@@ -158,9 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeploymentWarning)
             spec = load_spec(args.spec)
+        if args.tflite is not None:
+            check_output_path(args.tflite, [args.spec, *([args.weights] if args.weights else [])])
         inspection = inspect_spec(spec, weights=args.weights)
         if args.tflite is not None:
             write_atomically(args.tflite, inspection.flatbuffer)
+            print(f"wrote {args.tflite} ({len(inspection.flatbuffer):,} bytes)", file=sys.stderr)
     except BinaryFaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

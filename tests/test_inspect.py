@@ -152,11 +152,34 @@ def test_tflite_output(tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert list(out.parent.iterdir()) == [out]
 
 
-def test_tflite_output_unwritable(tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
+def test_tflite_output_long_name(tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / ("a" * 248 + ".tflite")
 
-    status = main([str(tiny_spec), "--tflite", str(blocker / "tiny.tflite")])
+    status = main([str(tiny_spec), "--tflite", str(out)])
+
+    assert status == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([out.name, "tiny.yaml"])
+    assert capsys.readouterr().err.startswith(f"wrote {out} (")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("file/tiny.tflite", "cannot write {tmp}/file/tiny.tflite: {tmp}/file is not a folder"),
+        ("folder", "cannot write {tmp}/folder: it is a folder"),
+        ("tiny.yaml", "cannot write {tmp}/tiny.yaml: it is an input of this command"),
+        ("", "--tflite '.' names no file"),
+    ],
+)
+def test_tflite_output_refused(
+    tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, message: str
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "folder").mkdir()
+    spec_text = tiny_spec.read_text()
+
+    status = main([str(tiny_spec), "--tflite", f"{tmp_path}/{target}" if target else "."])
 
     assert status == 2
-    assert capsys.readouterr().err.startswith(f"error: cannot write {blocker / 'tiny.tflite'}")
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert tiny_spec.read_text() == spec_text

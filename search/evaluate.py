@@ -183,7 +183,14 @@ def keras_embedder(model: Any, *, batch_size: int = 64, progress: bool = False) 
                     description=f"Keras model {model.name!r}", progress=progress)
 
 
-def tflite_embedder(flatbuffer: bytes, *, num_threads: int = 1, progress: bool = False) -> Embedder:
+def tflite_embedder(
+    flatbuffer: bytes,
+    *,
+    num_threads: int = 1,
+    progress: bool = False,
+    use_indirect_bgemm: bool = True,
+    use_xnnpack: bool = True,
+) -> Embedder:
     """Run an LCE flatbuffer in LCE's interpreter with the options of a deployment.
 
     ``use_indirect_bgemm=True`` is needed by grouped binary convolutions and
@@ -201,17 +208,17 @@ def tflite_embedder(flatbuffer: bytes, *, num_threads: int = 1, progress: bool =
     if problem is not None:
         raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {problem}")
 
-    def load(use_xnnpack: bool) -> Any:
+    def load(with_xnnpack: bool) -> Any:
         try:
             return Interpreter(
-                flatbuffer, num_threads=num_threads, use_indirect_bgemm=True, use_xnnpack=use_xnnpack
+                flatbuffer, num_threads=num_threads, use_indirect_bgemm=use_indirect_bgemm, use_xnnpack=with_xnnpack
             )
         except (RuntimeError, ValueError) as error:
             cause = " ".join(str(error).split()) or type(error).__name__
             raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {cause}") from error
 
-    interpreter = load(True)
-    checked = False
+    interpreter = load(use_xnnpack)
+    checked = not use_xnnpack
     if len(interpreter.input_shapes) != 1 or len(interpreter.output_shapes) != 1:
         raise EvaluationError(
             f"the flatbuffer must have one input and one output, it has {len(interpreter.input_shapes)} "
@@ -259,7 +266,7 @@ def tflite_embedder(flatbuffer: bytes, *, num_threads: int = 1, progress: bool =
     batch_size = 64 if model_batch == 1 else model_batch
     embedder = Embedder(run_batch, input_size=input_size, batch_size=batch_size,
                         description="the flatbuffer", progress=progress)
-    embedder.options = {"use_indirect_bgemm": True, "use_xnnpack": True, "num_threads": num_threads}
+    embedder.options = {"use_indirect_bgemm": use_indirect_bgemm, "use_xnnpack": use_xnnpack, "num_threads": num_threads}
     return embedder
 
 

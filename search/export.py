@@ -39,7 +39,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -142,11 +142,19 @@ def select_trial(study: Any, records: Sequence[TrialRecord], number: int | None,
     return record
 
 
-def check_parity(model: Any, flatbuffer: bytes, images: np.ndarray, *, threshold: float = PARITY_MIN_COSINE) -> ParityResult:
+def check_parity(
+    model: Any,
+    flatbuffer: bytes,
+    images: np.ndarray,
+    *,
+    threshold: float = PARITY_MIN_COSINE,
+    options: Mapping[str, Any] | None = None,
+) -> ParityResult:
     """Compare the flatbuffer's embeddings with the Keras model's on uint8 RGB crops.
 
-    The flatbuffer runs in LCE's interpreter with ``INTERPRETER_OPTIONS``, without XNNPACK
-    where XNNPACK changes its output (see `search.evaluate.tflite_embedder`).
+    The flatbuffer runs in LCE's interpreter with the ``use_indirect_bgemm`` and
+    ``use_xnnpack`` of ``options`` (the latency measurement's) or of ``INTERPRETER_OPTIONS``,
+    and without XNNPACK where XNNPACK changes its output (see `search.evaluate.tflite_embedder`).
 
     Raises:
         ParityError: the mean cosine similarity is below ``threshold`` or not finite.
@@ -154,7 +162,8 @@ def check_parity(model: Any, flatbuffer: bytes, images: np.ndarray, *, threshold
     if len(images) == 0:
         raise ExportError("the parity check needs at least one face crop, the data gave none")
     reference = keras_embedder(model, batch_size=min(len(images), 32))(images)
-    embedder = tflite_embedder(flatbuffer, num_threads=INTERPRETER_OPTIONS["num_threads"])
+    chosen = {key: bool((options or {}).get(key, INTERPRETER_OPTIONS[key])) for key in ("use_indirect_bgemm", "use_xnnpack")}
+    embedder = tflite_embedder(flatbuffer, num_threads=INTERPRETER_OPTIONS["num_threads"], **chosen)
     deployed = embedder(images)
     cosines = _row_cosines(reference, deployed)
 
@@ -273,7 +282,7 @@ def export_trial(
 
     face_set = _load_faces(data, align=align, seed=seed, image_size=spec.input_shape[0], cache_dir=cache_dir, progress=progress)
     images = _spread_sample(face_set.eval_images, parity_images)
-    parity = check_parity(model, flatbuffer, images)
+    parity = check_parity(model, flatbuffer, images, options=(record.latency or {}).get("options"))
     log.info("parity of trial %d: mean cosine %.6f over %d face crops", record.number, parity.mean_cosine, parity.images)
 
     files = {
@@ -298,6 +307,13 @@ def export_trial(
     status = write_bundle(files, destination)
     log.info("trial %d exported to %s (%s)", record.number, destination, status)
     return ExportResult(destination=destination, trial=record.number, status=status, parity=parity, hashes=hashes)
+
+
+def _k_bit_macs(total: Any, binary: Any, float_macs: Any) -> int | None:
+    """Return the MACs that are neither 1-bit nor float (2-8 bit layers), when the counts are known."""
+    if not all(isinstance(value, (int, float)) for value in (total, binary, float_macs)):
+        return None
+    return max(0, int(total) - int(binary) - int(float_macs))
 
 
 def _weights_attr(trial: Any) -> str | None:
@@ -449,6 +465,7 @@ def _card(
         },
         "macs": {
             "binary": record.binary_macs,
+            "k_bit": _k_bit_macs(audit.total_macs, record.binary_macs, record.float_macs),
             "float": record.float_macs,
             "binary_kernel_share": audit.binary_kernel_mac_share,
             "binary_kernel_macs": audit.binary_kernel_macs,
@@ -503,7 +520,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Cost",
         "",
-        f"- MACs: {_count(macs['binary'])} binary, {_count(macs['float'])} float (declared by the Keras model)",
+        f"- MACs: {_count(macs['binary'])} binary, {_count(macs.get('k_bit'))} 2-8 bit, {_count(macs['float'])} float "
+        "(declared by the Keras model)",
         f"- Binary-kernel share: {100 * macs['binary_kernel_share']:.1f} % of {_count(macs['total'])} MACs run in LceBconv2d",
         f"- Parameters: {_count(card['parameters'])}; size {_number(card['size_bytes'], ',.0f')} bytes "
         f"(1-bit kernels at 1 bit); flatbuffer {card['flatbuffer_bytes']:,} bytes",

@@ -16,6 +16,7 @@ space file's folder, then against the project root.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -68,8 +69,14 @@ class SearchSpace:
     description: str = ""
 
     def spec_for(self, params: dict[str, Any], *, name: str | None = None) -> Spec:
-        """Return the validated base spec with ``params`` written in (raises ``SpecError``)."""
-        return self.base.with_params(params, name=name)
+        """Return the validated base spec with ``params`` written in (raises ``SpecError``).
+
+        The description names the values, because the base spec's describes the base.
+        """
+        spec = self.base.with_params(params, name=name)
+        values = ", ".join(f"{key}={value}" for key, value in params.items())
+        described = f"A candidate of search space {self.name!r}: {values}. The base spec: {spec.description}".strip()
+        return dataclasses.replace(spec, description=described)
 
     def size(self) -> float:
         """Return the number of distinct candidates (before validity checks)."""

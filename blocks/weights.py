@@ -564,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--released-weights", type=Path, required=True, help="the released whole-model .h5 file")
     parser.add_argument("--output", type=Path, required=True, help="where to write the Keras weights (.h5)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from blocks.build import build_model
     from blocks.spec import DeploymentWarning, load_spec

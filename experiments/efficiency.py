@@ -22,8 +22,8 @@ options takes about 0.2 s per run). ``--quick`` takes about a minute.
 
 Expected result (measured on a 2-core AMD EPYC host, load average under 2): the thesis model
 runs 0 % of its MACs in LceBconv2d, 102 ms at default options and 6.7 ms with XNNPACK. The
-deployable BinaryFaceNet runs 95.3 % there, 2.36-2.45 ms with indirect BGEMM and XNNPACK (about
-3x faster than the released model), 1.49-1.54x its binary-kernel limit of 1.59 ms: its 1x1 convs with
+deployable BinaryFaceNet runs 95.3 % there, 2.22-2.45 ms with indirect BGEMM and XNNPACK (about
+3x faster than the released model), 1.44-1.54x its binary-kernel limit of 1.54-1.59 ms: its 1x1 convs with
 64 channels and 32-channel groups reach about 70 G binary MACs per second, QuickNet's 3x3
 convs about 120 G. The BinaryDenseNets stay within 0.9-1.0x of their limits.
 

@@ -305,7 +305,7 @@ def export_trial(
     files[CHECKSUMS] = "".join(f"{digest}  {name}\n" for name, digest in sorted(hashes.items())).encode("utf-8")
 
     status = write_bundle(files, destination)
-    log.info("trial %d exported to %s (%s)", record.number, destination, status)
+    log.debug("trial %d exported to %s (%s)", record.number, destination, status)
     return ExportResult(destination=destination, trial=record.number, status=status, parity=parity, hashes=hashes)
 
 

@@ -134,9 +134,9 @@ def format_report(inspection: Inspection) -> str:
 def check_output_path(path: Path, inputs: Sequence[Path]) -> None:
     """Raise `BinaryFaceError` when ``path`` cannot take the flatbuffer, before any conversion."""
     if not path.name or path.name in (".", ".."):
-        raise BinaryFaceError(f"--tflite {str(path)!r} names no file")
+        raise BinaryFaceError(f"invalid --tflite {str(path)!r}: it names no file; give a path such as model.tflite")
     if path.is_dir():
-        raise BinaryFaceError(f"cannot write {path}: it is a folder")
+        raise BinaryFaceError(f"cannot write {path}: it is a folder; give a file path inside it")
     for source in inputs:
         if path.resolve() == source.resolve():
             raise BinaryFaceError(f"cannot write {path}: it is an input of this command")

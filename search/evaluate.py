@@ -102,7 +102,7 @@ class Embedder:
         self.batch_size = batch_size
         self.description = description
         self.progress = progress
-        # The runtime's settings, as far as the embedder knows them.
+        # Interpreter settings of a flatbuffer embedder, empty for Keras.
         self.options: dict[str, Any] = {}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -141,9 +141,12 @@ def batch_coupled_layers(model: Any) -> list[str]:
     """Return the names of the layers whose output for one image depends on the rest of the batch.
 
     larq's ``DoReFa(mode="weights")`` divides by the maximum of ``tanh`` over the whole input
-    tensor, batch axis included. As an input quantizer (the thesis' BinaryFaceNet uses it so),
-    that maximum moves the 1-bit threshold of near-zero activations, so an image's embedding
-    changes with the other images of its batch.
+    tensor, batch axis included. The released BinaryFaceNet uses it as an input quantizer.
+    There the maximum moves the 1-bit threshold of near-zero activations, so an image's
+    embedding changes with the other images of its batch.
+
+    NOTE: one image per call removes that effect only. LCE folds BatchNorm into the convs and
+    rounds near-zero activations differently, so its embeddings of such a model still differ.
     """
     names = []
     for layer in model.submodules:
@@ -157,7 +160,7 @@ def keras_embedder(model: Any, *, batch_size: int = 64, progress: bool = False) 
     """Wrap a ``tf.keras.Model`` whose single output is the embedding.
 
     A model with batch-coupled layers (see `batch_coupled_layers`) embeds one image per call,
-    as a deployed model does, whatever ``batch_size`` asks for.
+    as a deployed model does, regardless of ``batch_size``.
     """
     if len(model.outputs) != 1:
         raise EvaluationError(f"the model must have one output (the embedding), it has {len(model.outputs)}")
@@ -193,12 +196,11 @@ def tflite_embedder(
 ) -> Embedder:
     """Run an LCE flatbuffer in LCE's interpreter with the options of a deployment.
 
-    ``use_indirect_bgemm=True`` is needed by grouped binary convolutions and
-    ``use_xnnpack=True`` runs the float ops through XNNPACK. LCE 0.16's XNNPACK delegate
-    computes some float convs wrong (a 3x3 conv with stride 4 and "same" padding on 112 px),
-    so the first batch also runs without it, and a difference above `XNNPACK_RTOL` drops
-    XNNPACK for the whole run. An int8 input or output is quantised and dequantised with the
-    tensor's scale and zero point.
+    Grouped binary convolutions need ``use_indirect_bgemm=True``, and ``use_xnnpack=True``
+    runs the float ops through XNNPACK. LCE 0.16's XNNPACK delegate computes some float convs
+    wrong (a 3x3 conv with stride 4 and "same" padding on 112 px). So the first batch also
+    runs without XNNPACK, and a difference above `XNNPACK_RTOL` drops XNNPACK for the run.
+    An int8 input or output is quantised and dequantised with the tensor's scale and zero point.
     """
     from larq_compute_engine.tflite.python.interpreter import Interpreter
 
@@ -206,7 +208,10 @@ def tflite_embedder(
 
     problem = flatbuffer_problem(flatbuffer)
     if problem is not None:
-        raise EvaluationError(f"LCE interpreter cannot load the flatbuffer: {problem}")
+        raise EvaluationError(
+            f"LCE interpreter cannot load the flatbuffer: {problem}; "
+            "convert the model again, for example with python -m blocks.inspect SPEC --weights H5 --tflite PATH"
+        )
 
     def load(with_xnnpack: bool) -> Any:
         try:

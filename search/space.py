@@ -71,11 +71,14 @@ class SearchSpace:
     def spec_for(self, params: dict[str, Any], *, name: str | None = None) -> Spec:
         """Return the validated base spec with ``params`` written in (raises ``SpecError``).
 
-        The description names the values, because the base spec's describes the base.
+        The description starts with the candidate's values, because the base spec's own
+        description is about the base.
         """
         spec = self.base.with_params(params, name=name)
         values = ", ".join(f"{key}={value}" for key, value in params.items())
-        described = f"A candidate of search space {self.name!r}: {values}. The base spec: {spec.description}".strip()
+        described = f"A candidate of search space {self.name!r}: {values}."
+        if spec.description:
+            described += f" The base spec: {spec.description}"
         return dataclasses.replace(spec, description=described)
 
     def size(self) -> float:

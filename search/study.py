@@ -811,8 +811,8 @@ def _check_study(study: Any, config: SearchConfig, space: SearchSpace | None) ->
     expected = {"objective": config.objective, "budget_ms": float(config.budget_ms), "epochs": float(config.train.epochs)}
     if space is not None:
         expected["space"] = space.name
-    # The face folder and the command that started the study, for the report's and the
-    # model card's reproduce commands.
+    # The face folder, alignment, seed and command fill the reproduce commands of the report
+    # and the model card.
     stored_data = study.user_attrs.get("data")
     if config.data is not None and stored_data is not None and stored_data != config.data:
         log.warning(

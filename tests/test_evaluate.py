@@ -291,8 +291,8 @@ def test_keras_embedder_batch_coupled() -> None:
 
     assert batch_coupled_layers(model) == ["qconv"]
     assert embedder.batch_size == 1
-    # Alone, the grey image's tiny positive values binarize to +1; beside the white one the
-    # batch maximum pushes them under float32's resolution around 0.5 and they become -1.
+    # Alone, the grey image's tiny positive values binarize to +1. Beside the white image, the
+    # batch maximum pushes them under float32's resolution around 0.5, so they become -1.
     np.testing.assert_array_equal(model.predict_on_batch(normalised[:1])[0], np.full(16, 3.0))
     np.testing.assert_array_equal(model.predict_on_batch(normalised)[0], np.full(16, -3.0))
     np.testing.assert_array_equal(embedder(crops)[0], np.full(16, 3.0))

@@ -126,7 +126,8 @@ def test_model_card_contents(bundle: tuple[Path, str], faces: Path) -> None:
     assert card["trial"] == 0
     assert card["parity"]["mean_cosine"] >= 0.999
     assert card["parity"]["images"] == card["data"]["evaluation_images"]
-    # Parity runs with the measurement's options; use_indirect_bgemm, not recorded, keeps its default.
+    # Parity runs with the measurement's options. use_indirect_bgemm, which the measurement did
+    # not record, keeps its default.
     assert "use_indirect_bgemm" not in card["latency"]["options"]
     assert card["parity"]["interpreter"] == {"use_indirect_bgemm": True, "use_xnnpack": True, "num_threads": 1}
     assert card["data"]["folder"] == str(faces)

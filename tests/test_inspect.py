@@ -166,12 +166,12 @@ def test_tflite_output_long_name(tiny_spec: Path, tmp_path: Path, capsys: pytest
     ("target", "message"),
     [
         ("file/tiny.tflite", "cannot write {tmp}/file/tiny.tflite: {tmp}/file is not a folder"),
-        ("folder", "cannot write {tmp}/folder: it is a folder"),
+        ("folder", "cannot write {tmp}/folder: it is a folder; give a file path inside it"),
         ("tiny.yaml", "cannot write {tmp}/tiny.yaml: it is an input of this command"),
-        ("", "--tflite '.' names no file"),
+        ("", "invalid --tflite '.': it names no file; give a path such as model.tflite"),
     ],
 )
-def test_tflite_output_refused(
+def test_tflite_output_rejected(
     tiny_spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str, message: str
 ) -> None:
     (tmp_path / "file").write_text("not a folder")

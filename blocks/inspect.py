@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Sequence
 
 import blocks  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from blocks.errors import BinaryFaceError
+from blocks.files import write_atomically
 from blocks.spec import DeploymentWarning, Spec, load_spec
 
 __all__ = ["Inspection", "inspect_spec", "main"]
@@ -147,21 +146,6 @@ def check_output_path(path: Path, inputs: Sequence[Path]) -> None:
             break
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it, so that no partial file is left."""
-    temporary: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tflite-")
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except OSError as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
-        raise BinaryFaceError(f"cannot write {path}: {error.strerror}") from error
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m blocks.inspect",
@@ -182,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(args.tflite, [args.spec, *([args.weights] if args.weights else [])])
         inspection = inspect_spec(spec, weights=args.weights)
         if args.tflite is not None:
-            write_atomically(args.tflite, inspection.flatbuffer)
+            try:
+                write_atomically(args.tflite, inspection.flatbuffer)
+            except OSError as error:
+                raise BinaryFaceError(f"cannot write {args.tflite}: {error.strerror}") from error
             print(f"wrote {args.tflite} ({len(inspection.flatbuffer):,} bytes)", file=sys.stderr)
     except BinaryFaceError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,7 +24,6 @@ import html
 import json
 import logging
 import math
-import os
 import re
 import shlex
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Sequence
 import yaml
 
 from blocks.errors import BinaryFaceError
+from blocks.files import write_atomically
 from search.study import PRUNED_OVER_BUDGET, TrialRecord, pareto_front, study_records
 
 __all__ = [
@@ -341,13 +341,9 @@ def write_report(
     page = render_report(study, records, points, budget_ms, source=source)
 
     report = report or (out / "report.html" if out is not None else Path("report.html"))
-    temporary = report.with_name(f".{report.name}.{os.getpid()}.tmp")
     try:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, report)
+        write_atomically(report, page.encode("utf-8"))
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise DashboardError(f"cannot write the report {report}: {error.strerror}") from error
     log.debug("report of %d finished trials written to %s", len(points), report)
     return report, study, points

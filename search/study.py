@@ -49,6 +49,7 @@ import numpy as np
 import optuna
 
 from blocks.errors import BinaryFaceError, ConversionError, SpecError
+from blocks.files import write_atomically
 from blocks.spec import DeploymentWarning
 from search.space import SearchSpace
 from search.train import TrainConfig
@@ -1005,6 +1006,4 @@ def _plain(value: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, text.encode("utf-8"))
